@@ -1,0 +1,194 @@
+"""Configuration: one pydantic model per stage, loaded from TOML, overridable from the CLI.
+
+Every model forbids unknown keys, so a misspelt key in a TOML file is an error naming the key
+and the file instead of a silently ignored setting. Units are part of field names.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "ConfigError",
+    "MeasureConfig",
+    "PipelineConfig",
+    "RegisterConfig",
+    "SegmentConfig",
+    "TrackConfig",
+    "WatchConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "default.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message is one line for the user."""
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WatchConfig(_Stage):
+    """How the folder watcher decides that a new file is ready."""
+
+    patterns: list[str] = Field(
+        default=["*.dm3", "*.dm4", "*.ser", "*.emd", "*.mrc", "*.tif", "*.tiff", "*.png"],
+        description="glob patterns of files to take",
+    )
+    poll: bool = Field(False, description="use polling instead of inotify (network shares)")
+    poll_interval_s: float = Field(1.0, gt=0)
+    stable_s: float = Field(1.0, ge=0, description="size must be unchanged this long")
+    rescan_s: float = Field(5.0, gt=0, description="periodic full rescan of the folder")
+    give_up_s: float = Field(120.0, gt=0, description="report a file that never completes")
+
+
+class RegisterConfig(_Stage):
+    """Affine registration of every frame to the reference frame."""
+
+    enabled: bool = True
+    model: Literal["translation", "euclidean", "affine"] = "affine"
+    levels: int = Field(5, ge=1, le=8, description="pyramid levels of ECC")
+    max_iterations: int = Field(50, ge=1)
+    epsilon: float = Field(1e-5, gt=0)
+    working_size_px: int = Field(512, ge=64, description="coarse work at most this size")
+    mask_particles: bool = Field(True, description="leave segmented particles out of ECC")
+    cc_ok: float = Field(0.8, ge=-1, le=1, description="correlation above which a frame is ok")
+    cc_failed: float = Field(0.3, ge=-1, le=1, description="correlation below which it failed")
+
+
+class SegmentConfig(_Stage):
+    """U-Net inference through ONNX Runtime."""
+
+    model_path: str = Field("models/nptrack-unet.onnx", description="relative to the repo root")
+    threshold: float | None = Field(None, gt=0, lt=1, description="None: from model metadata")
+    providers: Literal["auto", "cpu", "cuda"] = "auto"
+    tile_px: int = Field(1024, ge=64)
+    tile_overlap_px: int = Field(64, ge=0)
+    resample_to_model: bool = Field(True, description="rescale to the model's pixel size")
+    contrast: Literal["auto", "bright", "dark"] = "auto"
+
+
+class MeasureConfig(_Stage):
+    """From probability map to measured particles."""
+
+    split: Literal["watershed", "uecs", "none"] = "watershed"
+    min_diameter_nm: float = Field(0.5, ge=0, description="speckles below are removed")
+    fill_holes_nm: float = Field(0.5, ge=0, description="holes below are filled")
+    convexity_threshold: float = Field(0.95, gt=0, le=1)
+    min_marker_px: int = Field(30, ge=1)
+    min_marker_nm: float = Field(0.5, ge=0)
+    background_ring_px: int = Field(4, ge=1)
+
+
+class TrackConfig(_Stage):
+    """NP-Tracker (CEM) settings."""
+
+    window_frames: int = Field(10, ge=2)
+    reoptimize_every_frames: int = Field(50, ge=1)
+    max_step_nm: float = Field(5.0, gt=0)
+    mobility_exponent: float = Field(-2.0, description="step variance ∝ diameter^exponent")
+    motion: Literal["brownian", "constant_velocity"] = "brownian"
+    weight_detection: float = Field(1.0, ge=0)
+    weight_dynamics: float = Field(1.0, ge=0)
+    weight_intensity: float = Field(0.5, ge=0)
+    weight_exclusion: float = Field(0.5, ge=0)
+    weight_persistence: float = Field(1.0, ge=0)
+    weight_regularisation: float = Field(1.0, ge=0)
+
+
+class PipelineConfig(_Stage):
+    """Live pipeline plumbing."""
+
+    detect_workers: int = Field(1, ge=1)
+    high_water_mark: int = Field(4, ge=1)
+    publish_address: str = "tcp://127.0.0.1:5557"
+
+
+class Config(BaseModel):
+    """Everything nptrack can be told, grouped by stage."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    watch: WatchConfig = WatchConfig()
+    register: RegisterConfig = RegisterConfig()
+    segment: SegmentConfig = SegmentConfig()
+    measure: MeasureConfig = MeasureConfig()
+    track: TrackConfig = TrackConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+
+def _first_error(exc: ValidationError, origin: str) -> ConfigError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    if err["type"] == "extra_forbidden":
+        msg = f"{origin}: unknown key '{key}'"
+    else:
+        msg = f"{origin}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+    more = len(exc.errors()) - 1
+    return ConfigError(msg + (f" (+{more} more)" if more else ""))
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI override value, read as TOML (numbers, booleans, lists) or else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``stage.key=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. register.levels=4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{part}' is not a section")
+        node[parts[-1]] = _parse_value(value.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a TOML config (defaults when `path` is None) and apply ``--set`` overrides.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file (or ``--set``) and the offending key.
+    """
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        apply_overrides(data, overrides)
+        origin += " + --set " + " ".join(overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, origin) from None
