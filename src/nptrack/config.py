@@ -7,6 +7,7 @@ and the file instead of a silently ignored setting. Units are part of field name
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,17 +119,21 @@ class PipelineConfig(_Stage):
     publish_address: str = "tcp://127.0.0.1:5557"
 
 
-class Config(BaseModel):
-    """Everything nptrack can be told, grouped by stage."""
+with warnings.catch_warnings():
+    # The section name "register" shadows ABCMeta.register, which nptrack never uses.
+    warnings.filterwarnings("ignore", message='Field name "register"')
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    class Config(BaseModel):
+        """Everything nptrack can be told, grouped by stage."""
 
-    watch: WatchConfig = WatchConfig()
-    register: RegisterConfig = RegisterConfig()
-    segment: SegmentConfig = SegmentConfig()
-    measure: MeasureConfig = MeasureConfig()
-    track: TrackConfig = TrackConfig()
-    pipeline: PipelineConfig = PipelineConfig()
+        model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+        watch: WatchConfig = WatchConfig()
+        register: RegisterConfig = RegisterConfig()
+        segment: SegmentConfig = SegmentConfig()
+        measure: MeasureConfig = MeasureConfig()
+        track: TrackConfig = TrackConfig()
+        pipeline: PipelineConfig = PipelineConfig()
 
 
 def _first_error(exc: ValidationError, origin: str) -> ConfigError:

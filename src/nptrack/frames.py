@@ -45,7 +45,9 @@ class Frame:
         if self.pixel_size_nm is not None:
             py, px = (float(v) for v in self.pixel_size_nm)
             if not (py > 0 and px > 0 and np.isfinite(py) and np.isfinite(px)):
-                raise ValueError(f"pixel_size_nm must be positive and finite, got {self.pixel_size_nm}")
+                raise ValueError(
+                    f"pixel_size_nm must be positive and finite, got {self.pixel_size_nm}"
+                )
             object.__setattr__(self, "pixel_size_nm", (py, px))
 
     @property
