@@ -98,6 +98,15 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
 # --- register command (nptrack.register) -----------------------------------------------------
 # (end register command)
 
+# --- analyze command (nptrack.measure) -------------------------------------------------------
+# (end analyze command)
+
+# --- train / export-model commands (nptrack.segment) -----------------------------------------
+# (end train / export-model commands)
+
+# --- evaluate command (nptrack.evaluate, nptrack.track) --------------------------------------
+# (end evaluate command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
