@@ -75,8 +75,20 @@ def test_ser_series_being_written(tmp_path: Path, formats_dir: Path) -> None:
     import struct
 
     data = bytearray((formats_dir / "16_STOimage_1.ser").read_bytes())
-    data[14:18] = struct.pack("<i", 5)  # TotalNumberElements 5, only 1 valid yet
+    (table,) = struct.unpack("<i", data[22:26])
+    data_offset, tag_offset = struct.unpack("<2i", data[table : table + 8])
+    # Rewrite as a series of 5 elements with 1 valid: a new offset table (5 data offsets,
+    # 5 tag offsets) appended at the end, as TIA leaves a series during acquisition.
+    data[14:18] = struct.pack("<i", 5)
+    data[22:26] = struct.pack("<i", len(data))
+    data += struct.pack("<10i", data_offset, 0, 0, 0, 0, tag_offset, 0, 0, 0, 0)
     path = tmp_path / "series_1.ser"
     path.write_bytes(bytes(data))
     with pytest.raises(IncompleteFileError, match="1 of 5"):
         check_complete(path)
+    assert not is_complete(path)
+    # The element already acquired is readable (a growing series is read in part).
+    (frame,) = read_frames(path)
+    np.testing.assert_array_equal(
+        frame.data, read_frames(formats_dir / "16_STOimage_1.ser")[0].data
+    )

@@ -77,7 +77,7 @@ def _check_dm(path: Path, size: int) -> None:
             _fail(path, f"DM{version} file does not end with its zero terminator")
 
 
-def _check_ser(path: Path, size: int) -> None:
+def _check_ser(path: Path, size: int, *, growing_ok: bool = False) -> None:
     with path.open("rb") as f:
         head = f.read(30)
         if len(head) < 30:
@@ -92,7 +92,7 @@ def _check_ser(path: Path, size: int) -> None:
         else:
             (table_offset,) = struct.unpack("<i", head[22:26])
             off_fmt, off_size = "i", 4
-        if valid < 1 or valid < total:
+        if valid < 1 or (valid < total and not growing_ok):
             _fail(path, f"SER series still being written ({valid} of {total} elements valid)")
         if table_offset + 2 * total * off_size > size:
             _fail(path, "SER offset table lies beyond the end of the file")
@@ -248,7 +248,7 @@ _CHECKERS = {
 }
 
 
-def check_complete(path: str | Path, *, stable_s: float = 0.0) -> None:
+def check_complete(path: str | Path, *, stable_s: float = 0.0, growing_ok: bool = False) -> None:
     """Raise `IncompleteFileError` unless `path` is a fully written file.
 
     Parameters
@@ -257,6 +257,9 @@ def check_complete(path: str | Path, *, stable_s: float = 0.0) -> None:
         The file to check.
     stable_s : float, optional
         Also require that the file was not modified during the last `stable_s` seconds.
+    growing_ok : bool, optional
+        Accept a TIA SER series that is still being acquired when its valid elements are all
+        in the file (they can be read; the rest will follow).
 
     Raises
     ------
@@ -276,9 +279,10 @@ def check_complete(path: str | Path, *, stable_s: float = 0.0) -> None:
         _fail(path, "file is empty")
     if stable_s > 0 and time.time() - stat.st_mtime < stable_s:
         _fail(path, f"modified less than {stable_s:g} s ago")
-    checker = _CHECKERS.get(suffix)
-    if checker is not None:
-        checker(path, stat.st_size)
+    if suffix == ".ser":
+        _check_ser(path, stat.st_size, growing_ok=growing_ok)
+    elif suffix in _CHECKERS:
+        _CHECKERS[suffix](path, stat.st_size)
 
 
 def is_complete(path: str | Path, *, stable_s: float = 0.0) -> bool:

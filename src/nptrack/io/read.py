@@ -357,7 +357,7 @@ def _load(path: Path) -> _Raw:
     suffix = path.suffix.lower()
     if suffix not in _LOADERS:
         raise UnsupportedFormatError(path, f"unsupported file type '{suffix or path.name}'")
-    check_complete(path)
+    check_complete(path, growing_ok=True)  # the valid part of a growing SER series is data
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # ncempy/tifffile chatter; errors still raise
