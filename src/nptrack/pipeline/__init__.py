@@ -1,0 +1,1 @@
+"""The live pipeline: folder watcher, ZeroMQ stages, session store."""
