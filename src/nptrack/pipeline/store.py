@@ -1,0 +1,291 @@
+"""The session store: one SQLite file (WAL) that survives crashes, and the CSV exports.
+
+Each frame's registration and detections are committed in one transaction, so after a crash
+(kill -9 included) a frame is either fully stored or absent; `watch` on the same session
+resumes from what is stored. Tracks are stored as numbered versions (each window commit or
+global re-optimisation publishes one); exports use the newest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DETECTION_COLUMNS",
+    "EVENT_COLUMNS",
+    "FRAME_COLUMNS",
+    "TRACK_COLUMNS",
+    "SessionStore",
+]
+
+FRAME_COLUMNS = (
+    "frame",
+    "time_s",
+    "source",
+    "pixel_size_nm",
+    "a11",
+    "a12",
+    "tx",
+    "a21",
+    "a22",
+    "ty",
+    "reg_cc",
+    "status",
+)
+DETECTION_COLUMNS = (
+    "frame",
+    "det_id",
+    "x",
+    "y",
+    "x_nm",
+    "y_nm",
+    "area_nm2",
+    "diameter_nm",
+    "feret_min_nm",
+    "feret_max_nm",
+    "perimeter_nm",
+    "circularity",
+    "convexity",
+    "intensity",
+    "background",
+    "score",
+    "separated",
+    "border",
+)
+TRACK_COLUMNS = ("frame", "track_id", "x", "y", "diameter_nm", "intensity", "det_id", "state")
+EVENT_COLUMNS = ("frame", "type", "track_ids", "detail")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL, command TEXT, config TEXT);
+CREATE TABLE IF NOT EXISTS frames (
+    frame INTEGER PRIMARY KEY, time_s REAL, source TEXT UNIQUE NOT NULL, pixel_size_nm REAL,
+    a11 REAL, a12 REAL, tx REAL, a21 REAL, a22 REAL, ty REAL, reg_cc REAL, status TEXT,
+    height INTEGER, width INTEGER, run_id INTEGER);
+CREATE TABLE IF NOT EXISTS detections (
+    {
+    ", ".join(
+        c + (" INTEGER" if c in ("frame", "det_id", "separated", "border") else " REAL")
+        for c in DETECTION_COLUMNS
+    )
+},
+    PRIMARY KEY (frame, det_id));
+CREATE TABLE IF NOT EXISTS track_versions (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, created_at REAL, kind TEXT, last_frame INTEGER);
+CREATE TABLE IF NOT EXISTS tracks (
+    version INTEGER, frame INTEGER, track_id INTEGER, x REAL, y REAL, diameter_nm REAL,
+    intensity REAL, det_id INTEGER, state TEXT);
+CREATE INDEX IF NOT EXISTS tracks_version ON tracks (version, frame);
+CREATE TABLE IF NOT EXISTS events (
+    version INTEGER, frame INTEGER, type TEXT, track_ids TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def _py(value: Any) -> Any:
+    """numpy scalars to Python for sqlite3."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class SessionStore:
+    """A session folder's ``session.sqlite``.
+
+    Parameters
+    ----------
+    session_dir : path-like
+        Created if missing.
+    """
+
+    def __init__(self, session_dir: str | Path) -> None:
+        self.dir = Path(session_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "session.sqlite"
+        # One connection per store object; the pipeline writes from one thread (the tracker).
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes
+        self._db.executescript(_SCHEMA)
+        self._db.commit()
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ----------------------------------------------------------------------------
+    def start_run(self, command: str, config: Mapping[str, Any]) -> int:
+        """Record a run (a start or a resume) and return its id."""
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO runs (started_at, command, config) VALUES (?, ?, ?)",
+                (time.time(), command, json.dumps(config, default=str)),
+            )
+        return int(cur.lastrowid)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under `key`."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value, default=str))
+            )
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under `key`, or `default`."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def add_frame(
+        self,
+        frame: Mapping[str, Any],
+        detections: Mapping[str, np.ndarray],
+        *,
+        run_id: int | None = None,
+    ) -> None:
+        """Commit one frame row and its detections in a single transaction.
+
+        Parameters
+        ----------
+        frame : mapping
+            The `FRAME_COLUMNS` (plus optional height, width).
+        detections : mapping of column name to 1-D array
+            The `DETECTION_COLUMNS` except ``frame`` (missing columns are stored as NULL).
+        """
+        n = len(detections.get("det_id", ()))
+        rows = [
+            tuple(
+                frame["frame"]
+                if c == "frame"
+                else _py(detections[c][i])
+                if c in detections
+                else None
+                for c in DETECTION_COLUMNS
+            )
+            for i in range(n)
+        ]
+        values = [_py(frame.get(c)) for c in FRAME_COLUMNS]
+        with self._db:  # one transaction: the frame is stored with all its detections or not
+            self._db.execute(
+                f"INSERT INTO frames ({', '.join(FRAME_COLUMNS)}, height, width, run_id) "
+                f"VALUES ({', '.join('?' * (len(FRAME_COLUMNS) + 3))})",
+                (*values, _py(frame.get("height")), _py(frame.get("width")), run_id),
+            )
+            self._db.executemany(
+                f"INSERT INTO detections VALUES ({', '.join('?' * len(DETECTION_COLUMNS))})", rows
+            )
+
+    def add_tracks(
+        self,
+        tracks: Iterable[Mapping[str, Any]],
+        events: Iterable[Mapping[str, Any]] = (),
+        *,
+        kind: str,
+        last_frame: int,
+    ) -> int:
+        """Publish a new version of the tracks (and events); returns the version number."""
+        with self._db:
+            cur = self._db.execute(
+                "INSERT INTO track_versions (created_at, kind, last_frame) VALUES (?, ?, ?)",
+                (time.time(), kind, last_frame),
+            )
+            version = int(cur.lastrowid)
+            self._db.executemany(
+                "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(version, *(_py(t.get(c)) for c in TRACK_COLUMNS)) for t in tracks],
+            )
+            self._db.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        version,
+                        _py(e["frame"]),
+                        e["type"],
+                        e["track_ids"],
+                        json.dumps(e.get("detail", {}), default=float),
+                    )
+                    for e in events
+                ],
+            )
+        return version
+
+    # -- reading ----------------------------------------------------------------------------
+    def sources(self) -> set[str]:
+        """Frame sources already stored (for resuming)."""
+        return {r[0] for r in self._db.execute("SELECT source FROM frames")}
+
+    def n_frames(self) -> int:
+        """Number of stored frames."""
+        return int(self._db.execute("SELECT COUNT(*) FROM frames").fetchone()[0])
+
+    def frames(self) -> list[dict[str, Any]]:
+        """All frame rows in frame order."""
+        cur = self._db.execute(f"SELECT {', '.join(FRAME_COLUMNS)} FROM frames ORDER BY frame")
+        return [dict(zip(FRAME_COLUMNS, row, strict=True)) for row in cur]
+
+    def detections(self, frame: int | None = None) -> list[dict[str, Any]]:
+        """Detection rows (of one frame, or all) in (frame, det_id) order."""
+        sql = f"SELECT {', '.join(DETECTION_COLUMNS)} FROM detections"
+        args: tuple[Any, ...] = ()
+        if frame is not None:
+            sql, args = sql + " WHERE frame = ?", (frame,)
+        cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
+        return [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in cur]
+
+    def latest_version(self) -> int | None:
+        """Newest track version, or None."""
+        return self._db.execute("SELECT MAX(version) FROM track_versions").fetchone()[0]
+
+    def tracks(self, version: int | None = None) -> list[dict[str, Any]]:
+        """Track rows of `version` (default: newest) in (track_id, frame) order."""
+        version = self.latest_version() if version is None else version
+        cur = self._db.execute(
+            f"SELECT {', '.join(TRACK_COLUMNS)} FROM tracks WHERE version = ? "
+            "ORDER BY track_id, frame",
+            (version,),
+        )
+        return [dict(zip(TRACK_COLUMNS, row, strict=True)) for row in cur]
+
+    def events(self, version: int | None = None) -> list[dict[str, Any]]:
+        """Event rows of `version` (default: newest) in frame order."""
+        version = self.latest_version() if version is None else version
+        cur = self._db.execute(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE version = ? ORDER BY frame",
+            (version,),
+        )
+        return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in cur]
+
+    # -- exports ----------------------------------------------------------------------------
+    def export_csv(self, out_dir: str | Path | None = None) -> list[Path]:
+        """Write frames.csv, detections.csv, tracks.csv, events.csv; returns the paths."""
+        out = Path(out_dir) if out_dir is not None else self.dir
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        tables = (
+            ("frames.csv", FRAME_COLUMNS, self.frames()),
+            ("detections.csv", DETECTION_COLUMNS, self.detections()),
+            ("tracks.csv", TRACK_COLUMNS, self.tracks()),
+            ("events.csv", EVENT_COLUMNS, self.events()),
+        )
+        for name, columns, rows in tables:
+            path = out / name
+            tmp = path.with_suffix(".csv.tmp")
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(columns)
+                for row in rows:
+                    writer.writerow(["" if row[c] is None else row[c] for c in columns])
+            tmp.replace(path)  # readers never see a half-written export
+            written.append(path)
+        return written
