@@ -93,6 +93,88 @@ def info(files: tuple[Path, ...], as_json: bool) -> None:
 
 
 # --- simulate commands (nptrack.simulate) ---------------------------------------------------
+@main.group()
+def simulate() -> None:
+    """Simulated data: training images with masks, sequences with ground truth.
+
+    Presets (configs/sim/*.toml): table1 (256² px, 100 nm field, 50 frames, like Faraz et al.),
+    pd250 (2048² ADF-STEM, Pd on alumina, 0.1 nm/px, 3 min per frame), bf_gold (1024² BF-TEM,
+    2 nm Au on carbon, 0.064 nm/px), dense (550 particles, fusions and crossings). A path to
+    a TOML file works too.
+    """
+
+
+@simulate.command("images")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of images.")
+@click.option("--preset", default="table1", show_default=True, help="Preset name or TOML path.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@friendly
+def simulate_images(out: Path, n: int, preset: str, seed: int) -> None:
+    """Write N images with masks into OUT.
+
+    OUT/images/sim_NNNN.tif: float32 detected electrons per pixel, pixel size (nm) stored as
+    ImageJ calibration; OUT/masks/sim_NNNN.png: 16-bit instance labels (0 = background);
+    OUT/particles.csv: per particle x, y (pixels, x = column), diameter_nm, intensity
+    (integrated electrons above background), area_px, layer, border.
+    """
+    from nptrack.simulate.write import write_images
+
+    write_images(out, n=n, config=preset, seed=seed)
+    click.echo(f"wrote {n} images with masks to {out}")
+
+
+@simulate.command("sequence")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Number of frames.")
+@click.option("--preset", default="table1", show_default=True, help="Preset name or TOML path.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tif", "emd", "mrc"]),
+    default=None,
+    help="File format of the frames (default: the preset's).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["chunks", "rename", "stack"]),
+    default=None,
+    help="Write each file in pieces, to a temp name then rename, or grow one stack file.",
+)
+@click.option(
+    "--cadence-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Wall-clock seconds between frames, like a live acquisition (default 0: no wait).",
+)
+@click.option("--masks", is_flag=True, help="Also write OUT/masks/frame_NNNN.png (track ids).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@friendly
+def simulate_sequence(
+    out: Path,
+    frames: int | None,
+    preset: str,
+    fmt: str | None,
+    mode: str | None,
+    cadence_s: float | None,
+    masks: bool,
+    seed: int,
+) -> None:
+    """Simulate a time series and play it into OUT/frames like a microscope.
+
+    Ground truth in OUT: ground_truth.csv (frame, id, x, y in pixels of frame 0 before drift,
+    diameter_nm, intensity in detected electrons, layer), events.csv, transforms_truth.csv
+    (affine from each acquired frame to frame 0, pixels), sequence.json (settings; pixel size
+    in nm, frame interval in s).
+    """
+    from nptrack.simulate.write import write_sequence
+
+    overrides = {"format": fmt, "mode": mode, "cadence_s": cadence_s}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    write_sequence(out, config=preset, frames=frames, seed=seed, masks=masks, **overrides)
+    click.echo(f"wrote sequence to {out} (frames in {out / 'frames'})")
+
+
 # (end simulate commands)
 
 # --- register command (nptrack.register) -----------------------------------------------------
