@@ -161,8 +161,18 @@ def _truth(
     area = label_areas(labels, particles.id)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     x = particles.x.copy()
-    if offsets is not None:  # where the scan put the centre
+    if offsets is not None:
+        # The scan moves each row of a particle by its own offset: its centre of mass moves by
+        # the mass-weighted mean offset of its rows (the row at its centre where unlabelled).
         x += np.interp(particles.y, np.arange(h), offsets)
+        lab = fp.labels.ravel()
+        mass = (fp.thickness_nm[0] + fp.thickness_nm[1]).ravel().astype(np.float64)
+        shift = np.repeat(offsets, w)
+        n = int(max(lab.max(), particles.id.max(initial=0))) + 1
+        m = np.bincount(lab, mass, n)[particles.id]
+        ms = np.bincount(lab, mass * shift, n)[particles.id]
+        ok = m > 0
+        x[ok] = particles.x[ok] + ms[ok] / m[ok]
     out = np.zeros(len(particles), TRUTH_DTYPE)
     out["id"], out["x"], out["y"] = particles.id, x, particles.y
     out["diameter_nm"], out["intensity"], out["area_px"] = particles.diameter_nm, intensity, area
@@ -325,8 +335,8 @@ class BfOptics:
     focal_spread_nm: float = 4.0
     convergence_mrad: float = 0.2
     aperture_mrad: float = 25.0
-    speckle_rad: float = 0.25
-    lattice_contrast: float = 0.15
+    speckle_rad: float = 0.08
+    lattice_contrast: float = 0.6
     mtf_sigma_px: float = 0.6
     read_noise_e: float = 0.0
 

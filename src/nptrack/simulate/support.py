@@ -207,7 +207,7 @@ def amorphous_phase(
     shape: tuple[int, int],
     *,
     pixel_size_nm: float,
-    grain_nm: float = 0.2,
+    grain_nm: float = 0.1,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Unit-variance random potential of an amorphous film at the scale of its atoms (BF-TEM).
