@@ -178,6 +178,134 @@ def simulate_sequence(
 # (end simulate commands)
 
 # --- register command (nptrack.register) -----------------------------------------------------
+
+
+@main.command("register")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created): frames.csv, registered.tif, drift.png.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML configuration (section [register]).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set register.working_size_px=1024.",
+)
+@friendly
+def register_command(
+    inputs: tuple[Path, ...], out_dir: Path, config_path: Path | None, overrides: tuple[str, ...]
+) -> None:
+    """Register a series (files, stacks or a folder) to its first frame.
+
+    Writes OUT/frames.csv (the affine map from each acquired frame to frame 0, in pixels,
+    x = column, y = row, origin at the centre of the top-left pixel; reg_cc; status
+    ok / degraded / failed), OUT/registered.tif (float32 stack in frame-0 pixels, linear
+    interpolation, 0 outside the field) and OUT/drift.png (shift, scale / shear, rotation
+    and correlation over time).
+    """
+    from nptrack.config import load_config
+    from nptrack.io.read import read_series
+
+    config = load_config(config_path, list(overrides))
+    frames = read_series(inputs)
+    _register_outputs(frames, config.register, out_dir)
+
+
+def _register_outputs(frames: list[Any], config: Any, out_dir: Path) -> None:
+    """Register `frames` and write the three outputs (the I/O glue of `nptrack register`)."""
+    import csv
+
+    import tifffile
+    from tqdm import tqdm
+
+    from nptrack.register import FRAMES_COLUMNS, Registrar, frames_rows, warp_to_reference
+
+    registrar = Registrar(config=config)
+    results = [
+        registrar.update(f.data) for f in tqdm(frames, desc="register", unit="frame", disable=None)
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "frames.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FRAMES_COLUMNS)
+        writer.writeheader()
+        writer.writerows(frames_rows(frames, results))
+    shape = frames[0].shape
+    pages = (
+        warp_to_reference(f.data, r.matrix, output_shape=shape)
+        for f, r in zip(frames, results, strict=True)
+    )
+    extra: dict[str, Any] = {"metadata": {"axes": "TYX"}}
+    if frames[0].pixel_size_nm is not None:
+        py, px = frames[0].pixel_size_nm
+        extra = {"resolution": (1 / px, 1 / py), "metadata": {"axes": "TYX", "unit": "nm"}}
+    with tifffile.TiffWriter(out_dir / "registered.tif", imagej=True) as tif:
+        tif.write(pages, shape=(len(frames), *shape), dtype="float32", **extra)
+    _drift_plot(frames, results, out_dir / "drift.png")
+    bad = sum(r.status == "failed" for r in results)
+    click.echo(
+        f"registered {len(frames)} frame(s) to frame 0 ({bad} failed) -> {out_dir}", err=True
+    )
+
+
+def _drift_plot(frames: list[Any], results: list[Any], path: Path) -> None:
+    """Shift, scale / shear, rotation and correlation against time (or frame) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from nptrack.register import decompose
+
+    times = [f.time_s for f in frames]
+    if all(t is not None for t in times) and len(set(times)) == len(times):
+        x, xlabel = np.array(times, float) - float(times[0]), "time since frame 0 (s)"
+    else:
+        x, xlabel = np.arange(len(frames)), "frame"
+    d = [decompose(r.matrix, shape=f.shape) for f, r in zip(frames, results, strict=True)]
+    col = {k: np.array([v[k] for v in d]) for k in d[0]}
+    failed = np.array([r.status == "failed" for r in results])
+    degraded = np.array([r.status == "degraded" for r in results])
+    fig, ax = plt.subplots(4, 1, figsize=(7, 8), sharex=True, constrained_layout=True)
+    ax[0].plot(x, col["shift_x_px"], ".-", label="x")
+    ax[0].plot(x, col["shift_y_px"], ".-", label="y")
+    if failed.any():
+        ax[0].plot(x[failed], col["shift_x_px"][failed], "rx", label="failed (kept previous)")
+    ax[0].set_ylabel("shift of the\nfield centre (px)")
+    ax[1].plot(x, 100 * (col["scale_x"] - 1), ".-", label="scale x - 1")
+    ax[1].plot(x, 100 * (col["scale_y"] - 1), ".-", label="scale y - 1")
+    ax[1].plot(x, 100 * col["shear"], ".-", label="shear")
+    ax[1].set_ylabel("%")
+    ax[2].plot(x, col["rotation_deg"], ".-")
+    ax[2].set_ylabel("rotation (deg)")
+    cc = np.array([r.cc for r in results], float)
+    ax[3].plot(x, cc, ".-", color="0.3")
+    if degraded.any():
+        ax[3].plot(x[degraded], cc[degraded], "o", mfc="none", color="orange", label="degraded")
+    if failed.any():
+        ax[3].plot(x[failed], np.nan_to_num(cc[failed]), "rx", label="failed")
+    ax[3].set_ylabel("reg_cc")
+    ax[3].set_xlabel(xlabel)
+    for a in ax:
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize="small", loc="best")
+    ax[0].set_title("Registration to frame 0 (acquired frame -> frame 0)")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # (end register command)
 
 # --- analyze command (nptrack.measure) -------------------------------------------------------
