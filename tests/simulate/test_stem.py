@@ -221,3 +221,13 @@ def test_same_seed_same_image_different_seed_different() -> None:
         assert a.labels.tobytes() == b.labels.tobytes()
         assert a.truth.tobytes() == b.truth.tobytes()
         assert a.image.tobytes() != c.image.tobytes()
+
+
+def test_real_support_mode_keeps_density_and_calibration() -> None:
+    cfg = load_preset("table1")  # 46 particles per (100 nm)²
+    rng = np.random.default_rng(0)
+    support = rng.poisson(80.0, (250, 500)).astype(np.float32)  # 50 × 100 nm at 0.2 nm/px
+    sim = simulate_image(cfg, rng=rng, support_image=support, support_pixel_size_nm=0.2)
+    assert sim.pixel_size_nm == 0.2 and sim.image.shape == support.shape
+    assert 20 <= len(sim.truth) <= 23  # half the preset's area, so half its particles
+    assert (sim.image >= support - 1e-3).all()  # ADF: pasted particles only add signal

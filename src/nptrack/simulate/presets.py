@@ -100,7 +100,8 @@ class SupportConfig(_Model):
     pore_depth: Range = 0.8
     images: list[str] = Field(default=[], description="particle-free real support images")
     images_pixel_size_nm: float | None = Field(None, gt=0, description="if files lack it")
-    paste_peak_contrast: Range = 0.5
+    paste_peak_contrast: Range = Field(0.5, description="pasted particle centre vs support")
+    paste_lattice_contrast: Range = Field(0.1, description="lattice fringes of pasted (BF)")
 
 
 class AdfConfig(_Model):
@@ -241,7 +242,9 @@ def _particle_options(cfg: SimConfig, rng: np.random.Generator) -> dict[str, Any
 
 def _support(cfg: SimConfig, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     s = _drawn(cfg.support, rng)
-    for k in ("material", "images", "images_pixel_size_nm", "paste_peak_contrast"):
+    for k in ("material", "images", "images_pixel_size_nm"):
+        s.pop(k)
+    for k in ("paste_peak_contrast", "paste_lattice_contrast"):
         s.pop(k)
     return support_thickness(shape, pixel_size_nm=cfg.field.pixel_size_nm, rng=rng, **s)
 
@@ -256,32 +259,40 @@ def intensity_per_nm3(cfg: SimConfig, optics: AdfOptics | BfOptics) -> float:
 
 
 def simulate_image(
-    cfg: SimConfig, *, rng: np.random.Generator, support_image: np.ndarray | None = None
+    cfg: SimConfig,
+    *,
+    rng: np.random.Generator,
+    support_image: np.ndarray | None = None,
+    support_pixel_size_nm: float | None = None,
 ) -> SimImage:
     """One image of the preset, its ranges drawn from `rng`.
 
-    With `support_image` (real-support mode), particles are pasted onto it instead of
-    rendering a synthetic support; `cfg.field.pixel_size_nm` must be its pixel size.
+    With `support_image` (real-support mode, Faraz et al.'s fine-tuning data), particles are
+    pasted onto that particle-free image of pixel size `support_pixel_size_nm` instead of
+    rendering a synthetic support; the particle density (count per preset field area) is kept.
     """
     px = cfg.field.pixel_size_nm
     optics = _optics(cfg, rng)
     n = _draw(cfg.particles.count, rng)
     opts = _particle_options(cfg, rng)
     if support_image is not None:
-        shape = support_image.shape
-        parts = random_particles(shape, pixel_size_nm=px, n=n, rng=rng, **opts)
+        spx = float(support_pixel_size_nm or px)
+        area = support_image.shape[0] * support_image.shape[1] * spx**2
+        n = round(n * area / (cfg.field.height_px * cfg.field.width_px * px**2))
+        parts = random_particles(support_image.shape, pixel_size_nm=spx, n=n, rng=rng, **opts)
         contrast = "bright" if cfg.modality == "adf" else "dark"
-        peak = float(_draw(cfg.support.paste_peak_contrast, rng))
-        lattice = float(_draw(cfg.bf.lattice_contrast, rng)) if contrast == "dark" else 0.0
-        d_sp = get_material(cfg.particles.material).d_spacing_nm or 0.23
+        lattice = float(_draw(cfg.support.paste_lattice_contrast, rng))
         return paste_particles(
             support_image,
             parts,
-            pixel_size_nm=px,
+            pixel_size_nm=spx,
             contrast=contrast,
-            peak_contrast=peak,
-            lattice_contrast=lattice * 0.2,
-            d_spacing_nm=d_sp,
+            peak_contrast=float(_draw(cfg.support.paste_peak_contrast, rng)),
+            blur_fwhm_nm=float(_draw(cfg.adf.probe_fwhm_nm, rng))
+            if contrast == "bright"
+            else 2 * spx,
+            lattice_contrast=lattice if contrast == "dark" else 0.0,
+            d_spacing_nm=get_material(cfg.particles.material).d_spacing_nm or 0.23,
             rng=rng,
         )
     shape = (cfg.field.height_px, cfg.field.width_px)

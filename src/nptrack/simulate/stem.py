@@ -165,12 +165,12 @@ def _truth(
         # The scan moves each row of a particle by its own offset: its centre of mass moves by
         # the mass-weighted mean offset of its rows (the row at its centre where unlabelled).
         x += np.interp(particles.y, np.arange(h), offsets)
-        lab = fp.labels.ravel()
-        mass = (fp.thickness_nm[0] + fp.thickness_nm[1]).ravel().astype(np.float64)
-        shift = np.repeat(offsets, w)
-        n = int(max(lab.max(), particles.id.max(initial=0))) + 1
+        rr, cc = np.nonzero(fp.labels)
+        lab = fp.labels[rr, cc]
+        mass = (fp.thickness_nm[0][rr, cc] + fp.thickness_nm[1][rr, cc]).astype(np.float64)
+        n = int(max(lab.max(initial=0), particles.id.max(initial=0))) + 1
         m = np.bincount(lab, mass, n)[particles.id]
-        ms = np.bincount(lab, mass * shift, n)[particles.id]
+        ms = np.bincount(lab, mass * offsets[rr], n)[particles.id]
         ok = m > 0
         x[ok] = particles.x[ok] + ms[ok] / m[ok]
     out = np.zeros(len(particles), TRUTH_DTYPE)
@@ -424,7 +424,17 @@ def render_bf(
         phase += sig * pm.inner_potential_v * optics.lattice_contrast * fp.lattice_nm
     amp = np.exp(-0.5 * (support_nm / sm.absorption_length_nm() + t_p / pm.absorption_length_nm()))
     wave = (amp * np.exp(1j * phase)).astype(np.complex64)
-    wave = scipy.fft.ifft2(scipy.fft.fft2(wave) * _transfer(shape, pixel_size_nm, optics))
+    # The lens delocalises detail by ~(Δf λ k + Cs λ³ k³) (k up to 5 nm⁻¹, beyond which the
+    # film has little power): pad by that much (mirror), to a fast FFT size, so the FFT's
+    # periodic wrap does not print the opposite edge.
+    lam, k = optics.wavelength_nm, min(0.5 / pixel_size_nm, 5.0)
+    reach = abs(optics.defocus_nm) * lam * k + optics.cs_mm * 1e6 * lam**3 * k**3
+    pad = int(np.clip(np.ceil(reach / pixel_size_nm), 8, 256))
+    h, w = shape
+    fh, fw = scipy.fft.next_fast_len(h + 2 * pad), scipy.fft.next_fast_len(w + 2 * pad)
+    wave = np.pad(wave, ((pad, fh - h - pad), (pad, fw - w - pad)), mode="reflect")
+    wave = scipy.fft.ifft2(scipy.fft.fft2(wave) * _transfer(wave.shape, pixel_size_nm, optics))
+    wave = wave[pad : pad + h, pad : pad + w]
     img = (np.abs(wave) ** 2).astype(np.float32) * np.float32(optics.dose_e_per_px)
     img = _blur(img, optics.mtf_sigma_px)
     if noise:

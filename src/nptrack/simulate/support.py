@@ -186,21 +186,35 @@ def support_thickness(
 def _grains(
     shape: tuple[int, int], *, grain_px: float, edge_px: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Voronoi grains with unit-variance random offsets and soft (edge_px) boundaries."""
-    from scipy.spatial import cKDTree
+    """Voronoi grains with random offsets (unit variance) and soft (edge_px) boundaries.
 
-    h, w = shape
-    n = max(2, int(h * w / grain_px**2))
-    seeds = np.column_stack([rng.uniform(-0.1 * h, 1.1 * h, n), rng.uniform(-0.1 * w, 1.1 * w, n)])
-    level = rng.standard_normal(n).astype(np.float32)
+    Each grain is a wedge, not a flat terrace: a random thickness gradient across it (up to
+    about one offset per grain size) is what makes platelets of a powder support look real.
+    The tessellation is a labelled distance transform (linear time), not a nearest-seed query.
+    """
+    # Computed on a grid of edge_px steps, then upsampled (linear): the upsampling makes the
+    # soft grain boundaries, and the work is (edge_px)² times smaller.
     step = max(1, int(edge_px))
-    gy, gx = np.mgrid[0 : h + step : step, 0 : w + step : step]
-    _, idx = cKDTree(seeds).query(np.column_stack([gy.ravel(), gx.ravel()]))
-    coarse = level[idx].reshape(gy.shape)
-    out = cv2.resize(
-        coarse, (gx.shape[1] * step, gy.shape[0] * step), interpolation=cv2.INTER_LINEAR
-    )[:h, :w]
-    return np.ascontiguousarray(out)
+    pad = int(grain_px / step)  # seeds beyond the edges too, so border grains are not special
+    ph, pw = shape[0] // step + 2 + 2 * pad, shape[1] // step + 2 + 2 * pad
+    g = grain_px / step
+    n = max(2, int(ph * pw / g**2))
+    sy, sx = rng.integers(0, ph, n), rng.integers(0, pw, n)
+    slope_y, slope_x = rng.normal(0.0, 0.7 / g, (2, n))
+    const = rng.standard_normal(n) - slope_y * sy - slope_x * sx
+    seeds = np.full((ph, pw), 255, np.uint8)
+    seeds[sy, sx] = 0
+    _, lab = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    # Labels are numbered by the library: find which seed each label is.
+    owner = np.zeros(int(lab.max()) + 1, np.int64)
+    owner[lab[sy, sx]] = np.arange(n)
+    k = owner[lab]
+    rows = np.arange(ph, dtype=np.float32)[:, None]
+    cols = np.arange(pw, dtype=np.float32)[None, :]
+    coarse = (const[k] + slope_y[k] * rows + slope_x[k] * cols).astype(np.float32)
+    out = cv2.resize(coarse, (pw * step, ph * step), interpolation=cv2.INTER_LINEAR)
+    o = pad * step
+    return np.ascontiguousarray(out[o : o + shape[0], o : o + shape[1]])
 
 
 def amorphous_phase(

@@ -21,7 +21,6 @@ from nptrack.simulate.dynamics import write_ground_truth
 from nptrack.simulate.microscope import encode_frame, play
 from nptrack.simulate.presets import (
     AcquisitionConfig,
-    FieldConfig,
     SimConfig,
     intensity_per_nm3,
     load_preset,
@@ -72,17 +71,10 @@ def write_images(
         )
         for i in tqdm(range(n), desc="simulate images", unit="img", disable=not progress):
             rng = np.random.default_rng([seed, i])
-            cfg, support = config, None
+            support, spx = None, None
             if supports:
                 support, spx = supports[int(rng.integers(len(supports)))]
-                cfg = config.model_copy(
-                    update={
-                        "field": FieldConfig(
-                            height_px=support.shape[0], width_px=support.shape[1], pixel_size_nm=spx
-                        )
-                    }
-                )
-            sim = simulate_image(cfg, rng=rng, support_image=support)
+            sim = simulate_image(config, rng=rng, support_image=support, support_pixel_size_nm=spx)
             name = f"sim_{i:04d}"
             tif = encode_frame(sim.image, pixel_size_nm=sim.pixel_size_nm, format="tif")
             (out / "images" / f"{name}.tif").write_bytes(tif)
