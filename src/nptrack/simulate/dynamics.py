@@ -217,7 +217,8 @@ def simulate_population(
         child_ids = {c for _, _, c, _ in fused}
         seen_fusions = set()
         for a, b, c, detail in fused:
-            if was_visible[a] or was_visible[b]:
+            if was_visible[a] or was_visible[b]:  # one parent may come from outside the field
+                detail["parents_visible"] = [was_visible[a], was_visible[b]]
                 events.append(Event(t, "fusion", f"{a}+{b}>{c}", detail))
                 seen_fusions.add(c)
         p, vanished = _ripen(p, ~children, config)

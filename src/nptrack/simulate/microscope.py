@@ -246,6 +246,8 @@ def play(
             return
         image = _as_dtype(np.asarray(frame), dtype)
         name = folder / f"{prefix}{index:04d}.{format}"
+        if mode == "stack" and index == 0:
+            stack.unlink(missing_ok=True)  # a new acquisition, not more frames of an old one
         if mode == "chunks":
             data = encode_frame(image, pixel_size_nm=pixel_size_nm, format=format)
             yield from _write_pieces(name, _pieces(data, chunks), index, chunk_interval_s, stop)

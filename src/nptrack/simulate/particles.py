@@ -291,6 +291,7 @@ def particle_footprints(
 
 
 def label_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Number of pixels labelled with each of `ids` (0 for an id with none), int64."""
     if len(ids) == 0:
         return np.zeros(0, np.int64)
     uniq, counts = np.unique(labels[labels > 0], return_counts=True)

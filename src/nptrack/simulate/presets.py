@@ -242,10 +242,9 @@ def _particle_options(cfg: SimConfig, rng: np.random.Generator) -> dict[str, Any
 
 def _support(cfg: SimConfig, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     s = _drawn(cfg.support, rng)
-    for k in ("material", "images", "images_pixel_size_nm"):
+    for k in ("material", "images", "images_pixel_size_nm", "paste_peak_contrast"):
         s.pop(k)
-    for k in ("paste_peak_contrast", "paste_lattice_contrast"):
-        s.pop(k)
+    s.pop("paste_lattice_contrast")
     return support_thickness(shape, pixel_size_nm=cfg.field.pixel_size_nm, rng=rng, **s)
 
 
