@@ -309,6 +309,96 @@ def _drift_plot(frames: list[Any], results: list[Any], path: Path) -> None:
 # (end register command)
 
 # --- analyze command (nptrack.measure) -------------------------------------------------------
+
+
+@main.command("analyze")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (created): particles.csv, summary.csv/.json, overlays/, histograms.png.",
+)
+@click.option(
+    "--pixel-size-nm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Pixel size in nm for every image, overriding the files' calibration.",
+)
+@click.option(
+    "--contrast",
+    type=click.Choice(["bright", "dark", "auto"]),
+    help="Particles brighter (ADF-STEM) or darker (BF-TEM) than the support [config: auto].",
+)
+@click.option("--masks", is_flag=True, help="Also write masks/<image>.png (16-bit labels).")
+@click.option(
+    "--split",
+    type=click.Choice(["watershed", "uecs", "none"]),
+    help="Separation of touching particles [config: watershed].",
+)
+@click.option(
+    "--segmenter",
+    type=click.Choice(["unet", "classic"]),
+    help="U-Net (default when a model file exists) or classic background-corrected threshold.",
+)
+@click.option("--xlsx", is_flag=True, help="Also write particles.xlsx (needs openpyxl).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML configuration (sections [measure], [segment]).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config key, e.g. --set measure.min_diameter_nm=1.0.",
+)
+@friendly
+def analyze_command(
+    images: tuple[Path, ...],
+    out_dir: Path,
+    pixel_size_nm: float | None,
+    contrast: str | None,
+    masks: bool,
+    split: str | None,
+    segmenter: str | None,
+    xlsx: bool,
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Measure the particles of single images, stacks or folders, pooled.
+
+    Lengths are in nm when the images carry a pixel size (or --pixel-size-nm is given), else
+    in px. An image that cannot be read or analysed is reported on one line and skipped; exit
+    status 1 only if none could be analysed.
+    """
+    from nptrack.config import load_config
+    from nptrack.measure.analyze import analyze, load_segmenter
+
+    config = load_config(config_path, [*overrides] + ([f"measure.split={split}"] if split else []))
+    seg, name = load_segmenter(segmenter, config)  # type: ignore[arg-type]
+    debug = bool(click.get_current_context().find_root().params.get("debug"))
+    result = analyze(
+        images,
+        out_dir,
+        segmenter=seg,
+        config=config,
+        pixel_size_nm=pixel_size_nm,
+        contrast=contrast,  # type: ignore[arg-type]
+        masks=masks,
+        xlsx=xlsx,
+        debug=debug,
+        segmenter_name=name,
+    )
+    click.echo(
+        f"analysed {result.analysed} image(s) ({len(result.failed)} skipped), "
+        f"{result.particles} particles, lengths in {result.unit} -> {out_dir}",
+        err=True,
+    )
+
+
 # (end analyze command)
 
 # --- train / export-model commands (nptrack.segment) -----------------------------------------

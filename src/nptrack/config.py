@@ -93,6 +93,14 @@ class MeasureConfig(_Stage):
     min_marker_px: int = Field(30, ge=1)
     min_marker_nm: float = Field(0.5, ge=0)
     background_ring_px: int = Field(4, ge=1)
+    min_diameter_px: float = Field(6.0, ge=0, description="speckles below, pixel size unknown")
+    fill_holes_px: float = Field(6.0, ge=0, description="holes below, pixel size unknown")
+    watershed_h_px: float = Field(
+        1.0, gt=0, description="distance maxima this far above their saddle seed a particle"
+    )
+    intensity_margin_px: int = Field(2, ge=0, description="intensity integrated this far out")
+    classic_threshold: Literal["otsu", "li"] = "otsu"
+    classic_smooth_px: float = Field(2.0, ge=0, description="denoising before the threshold")
 
 
 class TrackConfig(_Stage):

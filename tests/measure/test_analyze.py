@@ -1,0 +1,209 @@
+"""`nptrack analyze` end to end on small synthetic TIFFs with known particles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from scipy import ndimage as ndi
+
+from nptrack.cli import main
+from nptrack.config import Config, load_config
+from nptrack.measure.analyze import AnalyzeError, analyze, load_segmenter
+from nptrack.measure.classic import ClassicSegmenter
+
+PIXEL_NM = 0.2
+
+
+def particles_image(
+    centres: list[tuple[float, float, float]],
+    *,
+    shape: tuple[int, int] = (256, 256),
+    dark: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """Flat particles (radius in px), blurred, on a sloped support with Gaussian noise."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    disks = np.zeros(shape)
+    for cy, cx, r in centres:
+        disks[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1.0
+    signal = ndi.gaussian_filter(disks, 1.0) * 60.0
+    support = 100.0 + 0.05 * xx + 0.04 * yy
+    noise = np.random.default_rng(seed).normal(0, 4.0, shape)
+    return (support + (-signal if dark else signal) + noise).astype(np.float32)
+
+
+def write_tiff(path: Path, image: np.ndarray, pixel_nm: float | None = PIXEL_NM) -> Path:
+    if pixel_nm is None:
+        tifffile.imwrite(path, image)
+    else:  # ImageJ calibration: resolution in pixels per µm, unit 'um'
+        res = 1.0 / (pixel_nm / 1000.0)
+        tifffile.imwrite(path, image, imagej=True, resolution=(res, res),
+                         metadata={"unit": "um"})  # fmt: skip
+    return path
+
+
+A = [(50.3, 60.2, 10.0), (60.0, 180.4, 14.0), (150.2, 80.7, 12.0), (190.5, 190.1, 9.0),
+     (120.0, 130.0, 11.5)]  # fmt: skip
+B = [(70.0, 70.0, 15.0), (180.0, 120.0, 8.0), (128.0, 248.0, 12.0)]  # the last one cut
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture()
+def two_images(tmp_path: Path) -> list[Path]:
+    return [
+        write_tiff(tmp_path / "a.tif", particles_image(A, seed=1)),
+        write_tiff(tmp_path / "b.tif", particles_image(B, dark=True, seed=2)),
+    ]
+
+
+def test_end_to_end_counts_and_sizes(two_images: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = analyze(two_images, out, segmenter=ClassicSegmenter(), masks=True, progress=False)
+    assert result.analysed == 2 and not result.failed and result.unit == "nm"
+    rows = read_csv(out / "particles.csv")
+    header = list(rows[0])
+    assert header[:2] == ["image", "particle_id"]
+    assert header[2:18] == ["x", "y", "x_nm", "y_nm", "area_nm2", "diameter_nm", "feret_min_nm",
+                            "feret_max_nm", "perimeter_nm", "circularity", "convexity",
+                            "intensity", "background", "score", "separated", "border"]  # fmt: skip
+    assert len(rows) == len(A) + len(B) == result.particles
+    for image, truth in ((two_images[0], A), (two_images[1], B)):
+        mine = [r for r in rows if r["image"] == str(image)]
+        assert len(mine) == len(truth)
+        for cy, cx, r in truth:
+            row = min(mine, key=lambda q: (float(q["x"]) - cx) ** 2 + (float(q["y"]) - cy) ** 2)
+            assert float(row["x_nm"]) == pytest.approx(float(row["x"]) * PIXEL_NM, rel=1e-6)
+            if row["border"] == "0":  # a cut particle has neither its centre nor its size
+                assert float(row["x"]) == pytest.approx(cx, abs=0.3)
+                assert float(row["y"]) == pytest.approx(cy, abs=0.3)
+                assert float(row["diameter_nm"]) == pytest.approx(2 * r * PIXEL_NM, rel=0.03)
+                assert float(row["intensity"]) > 0  # dark particles count positive too
+    assert sum(r["border"] == "1" for r in rows) == 1
+    summary = read_csv(out / "summary.csv")
+    assert [s["image"] for s in summary] == [*map(str, two_images), "ALL"]
+    assert [int(s["n"]) for s in summary] == [len(A), len(B), len(A) + len(B)]
+    pooled = [float(r["diameter_nm"]) for r in rows if r["border"] == "0"]
+    assert float(summary[-1]["diameter_nm_mean"]) == pytest.approx(np.mean(pooled), rel=1e-4)
+    for name in ("a", "b"):
+        assert (out / "overlays" / f"{name}.png").stat().st_size > 0
+        labels = iio.imread(out / "masks" / f"{name}.png")
+        assert labels.dtype == np.uint16
+        assert labels.max() == len(A if name == "a" else B)
+    assert (out / "histograms.png").stat().st_size > 0
+    info = json.loads((out / "summary.json").read_text())
+    assert info["particles"] == len(rows) and info["unit"] == "nm"
+    assert info["contrast"] == {str(two_images[0]): "bright", str(two_images[1]): "dark"}
+
+
+class ThresholdSegmenter:
+    """A segmentation function passed in: anything with ``threshold`` and ``predict``."""
+
+    threshold = 0.5
+
+    def predict(self, image, *, pixel_size_nm=None, contrast="auto"):  # type: ignore[no-untyped-def]
+        smooth = ndi.gaussian_filter(image, 1.0)
+        return (np.abs(smooth - np.median(smooth)) > 25).astype(np.float32)
+
+
+def test_segmenter_is_passed_in_and_split_is_configurable(tmp_path: Path) -> None:
+    touching = [(100.0, 100.0, 14.0), (100.0, 124.0, 14.0)]  # overlap ~ 10 % of area
+    path = write_tiff(tmp_path / "pair.tif", particles_image(touching, seed=3))
+    counts = {}
+    for split in ("watershed", "uecs", "none"):
+        config = load_config(None, [f"measure.split={split}"])
+        res = analyze([path], tmp_path / split, segmenter=ThresholdSegmenter(), config=config,
+                      progress=False)  # fmt: skip
+        counts[split] = res.particles
+    assert counts == {"watershed": 2, "uecs": 2, "none": 1}
+
+
+def test_unreadable_image_is_skipped_and_reported(two_images: list[Path], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 20)
+    lines: list[str] = []
+    result = analyze([broken, *two_images], tmp_path / "out", segmenter=ClassicSegmenter(),
+                     report=lines.append, progress=False)  # fmt: skip
+    assert result.analysed == 2 and result.particles == len(A) + len(B)
+    assert [f for f, _ in result.failed] == [str(broken)]
+    assert len(lines) == 1 and "broken.tif" in lines[0] and "\n" not in lines[0]
+    with pytest.raises(AnalyzeError, match="no image could be analysed"):
+        analyze([broken], tmp_path / "none", segmenter=ClassicSegmenter(), report=lines.append,
+                progress=False)  # fmt: skip
+
+
+def test_units_px_when_uncalibrated_and_override(tmp_path: Path) -> None:
+    path = write_tiff(tmp_path / "plain.tif", particles_image(A, seed=4), pixel_nm=None)
+    res = analyze([path], tmp_path / "px", segmenter=ClassicSegmenter(), progress=False)
+    rows = read_csv(tmp_path / "px" / "particles.csv")
+    assert res.unit == "px" and "diameter_px" in rows[0] and "diameter_nm" not in rows[0]
+    d_px = sorted(float(r["diameter_px"]) for r in rows)
+    np.testing.assert_allclose(d_px, sorted(2 * r for _, _, r in A), rtol=0.03)
+    analyze([path], tmp_path / "nm", segmenter=ClassicSegmenter(), pixel_size_nm=0.5,
+            progress=False)  # fmt: skip
+    d_nm = sorted(float(r["diameter_nm"]) for r in read_csv(tmp_path / "nm" / "particles.csv"))
+    np.testing.assert_allclose(d_nm, np.array(d_px) * 0.5, rtol=1e-3)
+
+
+def test_mixed_calibration_leaves_uncalibrated_out(two_images: list[Path], tmp_path: Path) -> None:
+    plain = write_tiff(tmp_path / "plain.tif", particles_image(A, seed=5), pixel_nm=None)
+    lines: list[str] = []
+    res = analyze([plain, *two_images], tmp_path / "out", segmenter=ClassicSegmenter(),
+                  report=lines.append, progress=False)  # fmt: skip
+    assert res.unit == "nm" and res.analysed == 2
+    assert len(lines) == 1 and "plain.tif" in lines[0] and "--pixel-size-nm" in lines[0]
+
+
+def test_stack_frames_are_analysed(tmp_path: Path) -> None:
+    stack = np.stack([particles_image(A, seed=6), particles_image(B, seed=7)])
+    path = write_tiff(tmp_path / "stack.tif", stack)
+    res = analyze([tmp_path], tmp_path / "out", segmenter=ClassicSegmenter(), progress=False)
+    assert res.analysed == 2 and res.particles == len(A) + len(B)
+    assert {r["image"] for r in read_csv(tmp_path / "out" / "particles.csv")} == {
+        f"{path}#0",
+        f"{path}#1",
+    }
+
+
+def test_xlsx_needs_openpyxl(two_images: list[Path], tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "openpyxl", None)
+    with pytest.raises(AnalyzeError, match="openpyxl"):
+        analyze(two_images, tmp_path / "x", segmenter=ClassicSegmenter(), xlsx=True)
+
+
+def test_segmenter_choice_falls_back_to_classic(tmp_path: Path) -> None:
+    notices: list[str] = []
+    seg, name = load_segmenter(None, Config(), notify=notices.append, root=tmp_path)
+    assert isinstance(seg, ClassicSegmenter) and name.startswith("classic")
+    assert len(notices) == 1 and "classic" in notices[0]
+    with pytest.raises(AnalyzeError, match="unet"):
+        load_segmenter("unet", Config(), notify=notices.append, root=tmp_path)
+
+
+def test_cli_analyze(two_images: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    args = ["analyze", *map(str, two_images), "--out", str(out), "--segmenter", "classic",
+            "--split", "uecs", "--masks"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert len(read_csv(out / "particles.csv")) == len(A) + len(B)
+    assert json.loads((out / "summary.json").read_text())["measure"]["split"] == "uecs"
+    missing = tmp_path / "missing.tif"
+    result = CliRunner().invoke(main, ["analyze", str(missing), "--out", str(out),
+                                       "--segmenter", "classic"])  # fmt: skip
+    assert result.exit_code == 1
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 2 and "missing.tif" in err[0] and "Traceback" not in result.stderr
+    assert err[1].startswith("nptrack analyze: error: no image could be analysed")
