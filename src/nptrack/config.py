@@ -81,6 +81,11 @@ class SegmentConfig(_Stage):
     tile_overlap_px: int = Field(64, ge=0)
     resample_to_model: bool = Field(True, description="rescale to the model's pixel size")
     contrast: Literal["auto", "bright", "dark"] = "auto"
+    intra_op_threads: int | None = Field(None, ge=1, description="None: ONNX Runtime decides")
+    tile_batch: int = Field(2, ge=1, description="tiles per inference run")
+    expected_diameter_px: float | None = Field(
+        None, gt=0, description="particle size when the pixel size is unknown; None: estimated"
+    )
 
 
 class MeasureConfig(_Stage):
@@ -107,16 +112,22 @@ class TrackConfig(_Stage):
     """NP-Tracker (CEM) settings."""
 
     window_frames: int = Field(10, ge=2)
+    commit_lag_frames: int = Field(
+        5, ge=0, description="online: frame t − L is committed when frame t arrives (< window)"
+    )
     reoptimize_every_frames: int = Field(50, ge=1)
     max_step_nm: float = Field(5.0, gt=0)
+    max_gap_frames: int = Field(5, ge=0, description="missed detections bridged inside a track")
     mobility_exponent: float = Field(-2.0, description="step variance ∝ diameter^exponent")
     motion: Literal["brownian", "constant_velocity"] = "brownian"
     weight_detection: float = Field(1.0, ge=0)
-    weight_dynamics: float = Field(1.0, ge=0)
-    weight_intensity: float = Field(0.5, ge=0)
-    weight_exclusion: float = Field(0.5, ge=0)
-    weight_persistence: float = Field(1.0, ge=0)
-    weight_regularisation: float = Field(1.0, ge=0)
+    weight_dynamics: float = Field(0.5, ge=0)
+    weight_intensity: float = Field(0.25, ge=0)
+    weight_exclusion: float = Field(2.0, ge=0)
+    weight_persistence: float = Field(0.5, ge=0)
+    weight_regularisation: float = Field(0.5, ge=0)
+    cg_iterations: int = Field(30, ge=1, description="conjugate-gradient iterations per round")
+    max_epochs: int = Field(15, ge=1, description="rounds of jump moves (global optimisation)")
 
 
 class PipelineConfig(_Stage):

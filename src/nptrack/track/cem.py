@@ -1,0 +1,482 @@
+"""Global Continuous Energy Minimisation: conjugate gradient alternated with jump moves.
+
+`optimize` starts from the gated Hungarian solution (`nptrack.track.initial`), runs conjugate
+gradient (Polak–Ribière, scipy) on all positions and log intensities, then alternates epochs of
+jump moves (merge, fuse, unfuse, grow, shrink, split, cross, add, remove; see
+`nptrack.track.moves`) with conjugate gradient restricted to the tracks the moves changed and
+their neighbours, until an epoch applies no move. `Mover` evaluates a move on the local
+subproblem around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.optimize import minimize
+from scipy.spatial import cKDTree
+
+from nptrack.config import TrackConfig
+from nptrack.track.energy import (
+    FRAME_SEP,
+    Detections,
+    EnergyParams,
+    Fusion,
+    Packed,
+    Solution,
+    Track,
+    pack,
+)
+from nptrack.track.initial import estimate_params, initial_solution
+from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move
+
+__all__ = ["Mover", "assign_detections", "optimize", "params_from_config", "refine"]
+
+
+def params_from_config(
+    config: TrackConfig | None, dets: Detections, *, estimate: bool = True
+) -> EnergyParams:
+    """Energy parameters: weights and laws from `config`, scales measured on `dets`."""
+    cfg = config or TrackConfig()
+    px = dets.pixel_size_nm
+    max_step = cfg.max_step_nm / px
+    p = EnergyParams(
+        weight_detection=cfg.weight_detection,
+        weight_dynamics=cfg.weight_dynamics,
+        weight_intensity=cfg.weight_intensity,
+        weight_exclusion=cfg.weight_exclusion,
+        weight_persistence=cfg.weight_persistence,
+        weight_regularisation=cfg.weight_regularisation,
+        motion=cfg.motion,
+        pixel_size_nm=px,
+        frame_shape=dets.frame_shape,
+        mobility_exponent=cfg.mobility_exponent,
+        max_step_px=max_step,
+        step_sigma_px=max_step / 4.0,
+        max_gap_frames=cfg.max_gap_frames,
+    )
+    if estimate:
+        p = estimate_params(dets, p)
+        p = estimate_params(dets, p)  # second pass: gates from the measured mobility
+    return p
+
+
+class Mover:
+    """Evaluates and applies moves on a solution (changed in place)."""
+
+    def __init__(self, sol: Solution, dets: Detections, params: EnergyParams) -> None:
+        self.sol, self.dets, self.p = sol, dets, params
+        self.touched: set[int] = set()
+        self.active: set[int] | None = None  # tracks whose moves are tried (None: all)
+        self.add_tried = np.zeros(len(dets), bool)
+        dmax = float(dets.diameter_nm.max()) if len(dets) else params.reference_diameter_nm
+        self.rmax = float(params.contact_px(dmax, dmax))
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Rebuild the point index and the detection usage (after CG or a round of moves)."""
+        trs = list(self.sol.tracks.values())
+        self.point_ids = np.repeat([t.id for t in trs], [t.n for t in trs]).astype(np.int64)
+        pts = [np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP]) for t in trs]
+        self.tree = cKDTree(np.concatenate(pts)) if pts else None
+        self.fresh: dict[int, Track] = {}
+        self.used = np.zeros(len(self.dets), dtype=np.int64)
+        for t in trs:
+            self._use(t, 1)
+        self.diam = {t.id: self.track_diameter(t) for t in trs}
+
+    def skip(self, tid: int) -> bool:
+        """Leave moves of track `tid` out of this epoch (changed already, or not active)."""
+        return tid in self.touched or (self.active is not None and tid not in self.active)
+
+    def _use(self, t: Track, sign: int) -> None:
+        np.add.at(self.used, t.det[t.det >= 0], sign)
+
+    def track_diameter(self, t: Track) -> float:
+        d = t.det[t.det >= 0]
+        return (
+            float(np.median(self.dets.diameter_nm[d])) if d.size else self.p.reference_diameter_nm
+        )
+
+    def reach_px(self, diameter_nm: float, frames: ArrayLike) -> NDArray[np.float64]:
+        """Largest plausible displacement (px) over `frames` frames: 3.5σ of the 2-D step."""
+        k = np.asarray(frames, dtype=float)
+        var = float(self.p.step_var(diameter_nm)) * k + 2.0 * self.p.localisation_px**2
+        return np.minimum(3.5 * np.sqrt(2.0 * var), self.p.max_step_px * np.sqrt(k))
+
+    def neighbours(self, tracks: Iterable[Track], radius: float) -> set[int]:
+        """Ids of tracks with a point within `radius` px of a point of `tracks`, same frame."""
+        pts = [np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP]) for t in tracks]
+        if not pts:
+            return set()
+        q = np.concatenate(pts)
+        out: set[int] = set()
+        if self.tree is not None:
+            hits = self.tree.query_ball_point(q, radius)
+            out.update(self.point_ids[[i for h in hits for i in h]].tolist())
+        if self.fresh:
+            f_lo, f_hi = q[:, 2].min() / FRAME_SEP, q[:, 2].max() / FRAME_SEP
+            for tid, t in self.fresh.items():
+                if t.end < f_lo or t.start > f_hi or tid in out:
+                    continue
+                ft = np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP])
+                if np.isfinite(cKDTree(ft).query(q, distance_upper_bound=radius)[0]).any():
+                    out.add(tid)
+        return {i for i in out if i in self.sol.tracks}
+
+    # -- evaluation -------------------------------------------------------------------------
+    @staticmethod
+    def _touching(fusions: Iterable[Fusion], ids: set[int]) -> list[Fusion]:
+        return [f for f in fusions if f.child in ids or any(q in ids for q in f.parents)]
+
+    def _valid(self, move: Move, after: dict[int, Track], fus_after: list[Fusion]) -> bool:
+        """Committed frames untouched; fusion links consistent (parents end before child)."""
+        sol, fz = self.sol, self.sol.frozen_until
+        removed = {i: sol.tracks[i] for i in move.remove}
+        new_ids = {t.id for t in move.add}
+        for t in move.add:
+            old = removed.get(t.id)
+            if old is None:
+                if t.start <= fz or t.id in sol.tracks:
+                    return False
+            elif old.start <= fz:
+                k = min(old.end, fz) - old.start + 1
+                if t.start != old.start or t.n < k:
+                    return False
+                if not (
+                    np.array_equal(t.det[:k], old.det[:k])
+                    and np.array_equal(t.xy[:k], old.xy[:k])
+                    and np.array_equal(t.u[:k], old.u[:k])
+                ):
+                    return False
+        if any(i not in new_ids and old.start <= fz for i, old in removed.items()):
+            return False
+        parents: set[int] = set()
+        for f in fus_after:
+            c = after.get(f.child)
+            if c is None or len(set(f.parents)) < 2 or c.start <= sol.first_frame:
+                return False
+            for q in f.parents:
+                pt = after.get(q)
+                if pt is None or pt.end != c.start - 1 or q in parents:
+                    return False
+                parents.add(q)
+        changed = list(move.drop) + [f.child for f in move.fusions]
+        for c in changed:
+            tr = after.get(c) or sol.tracks.get(c)
+            if tr is not None and tr.start <= fz:
+                return False
+        return True
+
+    def delta(self, move: Move) -> float:
+        """Energy change of `move` on its local subproblem (``inf`` if not allowed)."""
+        sol = self.sol
+        fus_after = dict(sol.fusions)
+        members: set[int] = set()
+        for c in move.drop:
+            f = fus_after.pop(c, None)
+            if f is not None:
+                members.update((f.child, *f.parents))
+        for f in move.fusions:
+            fus_after[f.child] = f
+            members.update((f.child, *f.parents))
+        removed = set(move.remove)
+        added = {t.id: t for t in move.add}
+
+        def get(i: int) -> Track | None:
+            return added[i] if i in added else (None if i in removed else sol.tracks.get(i))
+
+        before_ids = removed | {i for i in members if i in sol.tracks}
+        after_ids = {i for i in (before_ids - removed) | set(added) | members if get(i) is not None}
+        before = [sol.tracks[i] for i in sorted(before_ids)]
+        after = [get(i) for i in sorted(after_ids)]
+        rel_after = self._touching(fus_after.values(), after_ids)
+        lookup = {t.id: t for t in after if t is not None}
+        for f in rel_after:
+            for m in (f.child, *f.parents):
+                if m not in lookup and (t := get(m)) is not None:
+                    lookup[m] = t
+        if not self._valid(move, lookup, rel_after):
+            return np.inf
+        rel_before = self._touching(sol.fusions.values(), before_ids)
+        focus = [t for t in before + after if t is not None]
+        if not focus:
+            return 0.0
+        t0 = min(t.start for t in focus) - 1
+        t1 = max(t.end for t in focus) + 1
+        ctx = self.neighbours(focus, 1.2 * self.rmax + 2.0 * self.p.detection_radius_px)
+        for f in rel_before + rel_after:
+            ctx.update((f.child, *f.parents))
+        ctx -= before_ids | after_ids
+        context = [sol.tracks[i].cut(t0, t1) for i in sorted(ctx) if i in sol.tracks]
+        context = [t for t in context if t.n > 0]
+        # The tracks before the move carry intensities already relaxed by the last refine.
+        e_after = self._local([t for t in after if t is not None], rel_after, context, move.relax)
+        e_before = self._local(before, rel_before, context, False)
+        return e_after - e_before
+
+    def _local(
+        self,
+        focus: list[Track],
+        fusions: list[Fusion],
+        context: list[Track],
+        relax: bool = True,
+    ) -> float:
+        """Energy of the focus tracks given the context (intensities re-solved if `relax`)."""
+        diam = {t.id: self.diam[t.id] for t in context + focus if t.id in self.diam}
+        pk = pack(
+            focus + context,
+            self.dets,
+            self.p,
+            n_focus=len(focus),
+            fusions=fusions,
+            first_frame=self.sol.first_frame,
+            last_frame=self.sol.last_frame,
+            frozen_until=self.sol.frozen_until,
+            diameters=diam,
+        )
+        # Intensities adapt to the new topology (solved directly, cheap); positions are judged
+        # as placed (on detections or interpolated) and refined by CG after the epoch.
+        u = pk.relax_intensity(pk.xy, pk.u, iterations=2) if relax else pk.u
+        return pk.energy(pk.xy, u, grad=False)[0]
+
+    def apply(self, move: Move) -> None:
+        sol = self.sol
+        for i in move.remove:
+            self._use(sol.tracks.pop(i), -1)
+            self.fresh.pop(i, None)
+        for c in move.drop:
+            sol.fusions.pop(c, None)
+        for t in move.add:
+            sol.tracks[t.id] = t
+            self._use(t, 1)
+            self.fresh[t.id] = t
+            self.diam[t.id] = self.track_diameter(t)
+        for f in move.fusions:
+            sol.fusions[f.child] = f
+        self.touched.update(move.remove)
+        self.touched.update(t.id for t in move.add)
+        for f in move.fusions:
+            self.touched.update((f.child, *f.parents))
+
+    def run_epoch(self, kinds: Sequence[str] = MOVE_ORDER, tol: float = 1e-6) -> dict[str, int]:
+        """One pass over every kind of move; returns how many of each were applied."""
+        self.touched = set()
+        applied = dict.fromkeys(kinds, 0)
+        for kind in kinds:
+            for group in GENERATORS[kind](self):
+                best, best_d = None, -tol
+                for mv in group:
+                    ids = set(mv.remove) | {t.id for t in mv.add if t.id in self.sol.tracks}
+                    if ids & self.touched:
+                        continue
+                    d = self.delta(mv)
+                    if d < best_d:
+                        best, best_d = mv, d
+                if best is not None:
+                    self.apply(best)
+                    applied[kind] += 1
+        return applied
+
+
+def refine(
+    sol: Solution,
+    dets: Detections,
+    params: EnergyParams,
+    *,
+    ids: Iterable[int] | None = None,
+    maxiter: int = 30,
+    mover: Mover | None = None,
+) -> float:
+    """Conjugate gradient on positions and log intensities (in place); returns the energy.
+
+    With `ids`, only those tracks are variables; their neighbours and fusion partners enter as
+    fixed context (local re-optimisation around changed tracks).
+    """
+    if ids is None:
+        focus = list(sol.tracks.values())
+        context: list[Track] = []
+        fusions = list(sol.fusions.values())
+    else:
+        keep = set(ids) & set(sol.tracks)
+        focus = [sol.tracks[i] for i in sorted(keep)]
+        if not focus:
+            return 0.0
+        fusions = Mover._touching(sol.fusions.values(), keep)
+        ctx: set[int] = set()
+        if mover is not None:
+            ctx = mover.neighbours(focus, 1.2 * mover.rmax + 2.0 * params.detection_radius_px)
+        for f in fusions:
+            ctx.update((f.child, *f.parents))
+        t0 = min(t.start for t in focus) - 1
+        t1 = max(t.end for t in focus) + 1
+        context = [sol.tracks[i].cut(t0, t1) for i in sorted(ctx - keep) if i in sol.tracks]
+        context = [t for t in context if t.n > 0]
+    pk = pack(
+        focus + context,
+        dets,
+        params,
+        n_focus=len(focus),
+        fusions=fusions,
+        first_frame=sol.first_frame,
+        last_frame=sol.last_frame,
+        frozen_until=sol.frozen_until,
+    )
+    e, xy, u = _minimise(pk, params, maxiter)
+    for i, t in enumerate(focus):
+        sl = slice(pk.starts[i], pk.starts[i] + t.n)
+        t.xy[:] = xy[sl]
+        t.u[:] = u[sl]
+    return e
+
+
+def _minimise(
+    pk: Packed, params: EnergyParams, maxiter: int, *, window: NDArray[np.bool_] | None = None
+) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
+    """Minimise over the free points of `pk`: (energy, positions, log intensities).
+
+    The log intensities of all free points are first solved directly
+    (`Packed.relax_intensity`); conjugate gradient then moves positions and intensities
+    together, only inside `window` if given.
+    """
+    xy, u = pk.xy.copy(), pk.u.copy()
+    u = pk.relax_intensity(xy, u)
+    free = pk.free if window is None else pk.free & window
+    nf = int(free.sum())
+    if nf == 0:
+        return pk.energy(xy, u, grad=False)[0], xy, u
+    # Scale variables to about unit curvature: positions by s, log intensities by ε_s.
+    sx, su = params.detection_scale_px, params.intensity_smoothness
+
+    def fun(z: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        xy[free] = z[: 2 * nf].reshape(-1, 2) * sx
+        u[free] = z[2 * nf :] * su
+        e, gx, gu, _ = pk.energy(xy, u)
+        return e, np.concatenate([gx[free].ravel() * sx, gu[free] * su])
+
+    z0 = np.concatenate([xy[free].ravel() / sx, u[free] / su])
+    res = minimize(fun, z0, jac=True, method="CG", options={"maxiter": maxiter, "gtol": 1e-3})
+    fun(res.x)
+    return float(res.fun), xy, u
+
+
+def assign_detections(
+    sol: Solution, dets: Detections, params: EnergyParams, *, ids: Iterable[int] | None = None
+) -> None:
+    """Re-attach each point to its nearest detection (one to one, except crossing blobs).
+
+    A point further than ``max(1 px, 4·localisation_px)`` from every free detection becomes
+    interpolated. Committed frames keep their attachment.
+    """
+    trs = (
+        list(sol.tracks.values())
+        if ids is None
+        else [sol.tracks[i] for i in ids if i in sol.tracks]
+    )
+    if not trs or not len(dets):
+        return
+    lens = np.array([t.n for t in trs])
+    t_all = np.concatenate([np.arange(t.start, t.end + 1) for t in trs])
+    xy = np.concatenate([t.xy for t in trs])
+    u = np.concatenate([t.u for t in trs])
+    old = np.concatenate([t.det for t in trs])
+    free = t_all > sol.frozen_until
+    gate = max(1.0, 4.0 * params.localisation_px)
+    q = np.flatnonzero(free)
+    dist, g = dets.tree.query(
+        np.column_stack([xy[q], t_all[q] * FRAME_SEP]), k=3, distance_upper_bound=gate
+    )
+    ok = np.isfinite(dist)
+    pp, gg, dd = np.repeat(q, 3)[ok.ravel()], g.ravel()[ok.ravel()], dist.ravel()[ok.ravel()]
+    order = np.argsort(dd, kind="stable")
+    new = np.where(free, -1, old)
+    owner: dict[int, int] = {int(x): i for i, x in enumerate(old) if not free[i] and x >= 0}
+    for k in order:
+        p_, g_ = int(pp[k]), int(gg[k])
+        if new[p_] >= 0:
+            continue
+        o = owner.get(g_)
+        if o is None:
+            new[p_], owner[g_] = g_, p_
+        elif o >= 0:
+            # a blob may explain two crossing particles if its intensity is their sum
+            v = dets.log_intensity[g_]
+            both, one = np.logaddexp(u[p_], u[o]), max(u[p_], u[o])
+            if abs(v - both) < abs(v - one):
+                new[p_] = g_
+                owner[g_] = -1
+    for t, part in zip(trs, np.split(new, np.cumsum(lens)[:-1]), strict=True):
+        t.det = part.astype(np.int64)
+
+
+def optimize(
+    dets: Detections,
+    *,
+    config: TrackConfig | None = None,
+    params: EnergyParams | None = None,
+    init: Solution | None = None,
+    max_epochs: int | None = None,
+    cg_iterations: int | None = None,
+    moves: Sequence[str] = MOVE_ORDER,
+) -> Solution:
+    """Global CEM over all frames of `dets`.
+
+    Parameters
+    ----------
+    dets : Detections
+    config : TrackConfig, optional
+        Weights, mobility law, epochs and CG iterations (defaults when None).
+    params : EnergyParams, optional
+        Overrides the parameters derived from `config` and measured on `dets`.
+    init : Solution, optional
+        Warm start (e.g. the online solution); copied, never changed.
+    max_epochs, cg_iterations : int, optional
+        Override the config.
+    moves : sequence of str
+        Kinds of jump moves, in the order they are tried.
+
+    Returns
+    -------
+    Solution
+    """
+    cfg = config or TrackConfig()
+    params = params or params_from_config(cfg, dets)
+    max_epochs = cfg.max_epochs if max_epochs is None else max_epochs
+    cg = cfg.cg_iterations if cg_iterations is None else cg_iterations
+    if init is None:
+        sol = initial_solution(dets, params)
+    else:
+        sol = init.copy()
+        sol.last_frame = max(sol.last_frame, dets.n_frames - 1)
+    refine(sol, dets, params, maxiter=cg)
+    assign_detections(sol, dets, params)
+    mover = Mover(sol, dets, params)
+    for _ in range(max_epochs):
+        applied = mover.run_epoch(moves)
+        if not sum(applied.values()):
+            break
+        changed = set(mover.touched) & set(sol.tracks)
+        mover.reindex()
+        refine(sol, dets, params, ids=changed, maxiter=cg, mover=mover)
+        assign_detections(sol, dets, params, ids=changed)
+        mover.reindex()
+        # next epoch: only moves around what changed (elsewhere nothing would be accepted)
+        near = mover.neighbours([sol.tracks[i] for i in changed], 2.0 * mover.rmax + 10.0)
+        mover.active = changed | near | _fusion_members(sol, changed | near)
+    return sol
+
+
+def _fusion_members(sol: Solution, ids: set[int]) -> set[int]:
+    out: set[int] = set()
+    for f in sol.fusions.values():
+        members = {f.child, *f.parents}
+        if members & ids:
+            out |= members
+    return out
+
+
+def with_weights(params: EnergyParams, **weights: float) -> EnergyParams:
+    """Copy of `params` with some weights changed (``detection=2.0`` → weight_detection)."""
+    return replace(params, **{f"weight_{k}": v for k, v in weights.items()})
