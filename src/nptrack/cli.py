@@ -405,6 +405,85 @@ def analyze_command(
 # (end train / export-model commands)
 
 # --- evaluate command (nptrack.evaluate, nptrack.track) --------------------------------------
+@main.command()
+@click.option(
+    "--truth",
+    "truth_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="ground_truth.csv (frame, id, x, y, ...; px of frame 0).",
+)
+@click.option(
+    "--tracks",
+    "tracks_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="tracks.csv (frame, track_id, x, y, ...).",
+)
+@click.option(
+    "--events-truth",
+    "events_truth_path",
+    type=click.Path(path_type=Path),
+    help="True events.csv (fusion rows 'a+b>c').",
+)
+@click.option(
+    "--events", "events_path", type=click.Path(path_type=Path), help="Tracker events.csv."
+)
+@click.option(
+    "--gate-px",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Largest distance (px) at which a track point matches a true particle.",
+)
+@click.option(
+    "--frame-tolerance",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Frames by which a fusion event may be early or late.",
+)
+@click.option(
+    "--fusion-distance-px",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Distance (px) between a found and a true fusion.",
+)
+@friendly
+def evaluate(
+    truth_path: Path,
+    tracks_path: Path,
+    events_truth_path: Path | None,
+    events_path: Path | None,
+    gate_px: float,
+    frame_tolerance: int,
+    fusion_distance_px: float,
+) -> None:
+    """CLEAR-MOT (MOTA, MOTP %), IDF1, IDSW, FP, FN, mostly tracked, and fusion-event precision
+    and recall (with --events-truth and --events) of TRACKS against TRUTH, as JSON on stdout."""
+    from nptrack.evaluate.mot import evaluate as score
+    from nptrack.evaluate.mot import read_events_csv, read_table_csv
+
+    if (events_truth_path is None) != (events_path is None):
+        raise click.UsageError("--events-truth and --events go together")
+    need = ("frame", "x", "y")
+    truth = read_table_csv(truth_path, required=(*need, "id"))
+    tracks = read_table_csv(tracks_path, required=(*need, "track_id"))
+    ev_t = read_events_csv(events_truth_path) if events_truth_path else None
+    ev_h = read_events_csv(events_path) if events_path else None
+    scores = score(
+        truth,
+        tracks,
+        truth_events=ev_t,
+        events=ev_h,
+        gate_px=gate_px,
+        frame_tolerance=frame_tolerance,
+        distance_px=fusion_distance_px,
+    )
+    click.echo(json.dumps(scores, indent=2))
+
+
 # (end evaluate command)
 
 

@@ -120,7 +120,7 @@ class TrackConfig(_Stage):
     max_gap_frames: int = Field(5, ge=0, description="missed detections bridged inside a track")
     mobility_exponent: float = Field(-2.0, description="step variance ∝ diameter^exponent")
     motion: Literal["brownian", "constant_velocity"] = "brownian"
-    weight_detection: float = Field(1.0, ge=0)
+    weight_detection: float = Field(2.0, ge=0)
     weight_dynamics: float = Field(0.5, ge=0)
     weight_intensity: float = Field(0.25, ge=0)
     weight_exclusion: float = Field(2.0, ge=0)

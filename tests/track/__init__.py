@@ -125,7 +125,7 @@ def make_scene(
         p = walk(free_spot(), 1.4, 0, tv)
         for t in range(tv + 1):
             pop.add(t, nid, p[t], 1.4 - 0.01 * t, 0)
-        pop.events.append((tv, "death", str(nid)))
+        pop.events.append((tv + 1, "death", str(nid)))  # first frame without it
         nid += 1
     if exit:
         y = rng.uniform(60, h - 60)
@@ -133,7 +133,7 @@ def make_scene(
         last = max(t for t in range(n_frames) if p[t][0] >= 0)
         for t in range(last + 1):
             pop.add(t, nid, p[t], 3.0, 0)
-        pop.events.append((last, "exit", str(nid)))
+        pop.events.append((last + 1, "exit", str(nid)))
         nid += 1
 
     while nid < n_particles:

@@ -245,7 +245,7 @@ class EnergyParams:
     noise, intensity tolerances from the frame-to-frame scatter of linked intensities.
     """
 
-    weight_detection: float = 1.0
+    weight_detection: float = 2.0
     weight_dynamics: float = 0.5
     weight_intensity: float = 0.25
     weight_exclusion: float = 2.0

@@ -440,10 +440,15 @@ def _swap_cost(mv: Mover, a: Track, b: Track, t: int) -> float:
     dyn = (d2(a.xy[ia], b.xy[ib + 1]) - d2(a.xy[ia], a.xy[ia + 1])) / (2 * va) + (
         d2(b.xy[ib], a.xy[ia + 1]) - d2(b.xy[ib], b.xy[ib + 1])
     ) / (2 * vb)
+    # measured intensities: the smoothed u of a wrong track hides the jump it contains
+    v = mv.dets.log_intensity
+
+    def meas(x: Track, i: int) -> float:
+        return float(v[x.det[i]]) if x.det[i] >= 0 else float(x.u[i])
+
+    ua, ua1, ub, ub1 = meas(a, ia), meas(a, ia + 1), meas(b, ib), meas(b, ib + 1)
     e2 = 2.0 * p.intensity_tolerance**2
-    ints = ((a.u[ia] - b.u[ib + 1]) ** 2 + (b.u[ib] - a.u[ia + 1]) ** 2) / e2 - (
-        (a.u[ia] - a.u[ia + 1]) ** 2 + (b.u[ib] - b.u[ib + 1]) ** 2
-    ) / e2
+    ints = ((ua - ub1) ** 2 + (ub - ua1) ** 2 - (ua - ua1) ** 2 - (ub - ub1) ** 2) / e2
     return p.weight_dynamics * dyn + p.weight_intensity * ints
 
 

@@ -1,0 +1,76 @@
+"""Online tracking: committed frames never change; online close to global."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nptrack.config import TrackConfig
+from nptrack.evaluate.mot import evaluate
+from nptrack.track import Commit, OnlineTracker, TrackTable, track_detections
+from tests.track import Scene, make_scene
+
+
+def _frozen_points(ot: OnlineTracker) -> dict[tuple[int, int], tuple]:
+    """(track, frame) → (x, y, u, det) for every committed point of the online state."""
+    out = {}
+    for tid, t in ot.sol.tracks.items():
+        for f in range(t.start, min(t.end, ot.committed_until) + 1):
+            k = f - t.start
+            out[(tid, f)] = (*t.xy[k], t.u[k], int(t.det[k]))
+    return out
+
+
+def _run(
+    seed: int, cfg: TrackConfig, check: bool = False
+) -> tuple[Scene, OnlineTracker, list[Commit]]:
+    sc = make_scene(seed=seed)
+    d = sc.dets
+    ot = OnlineTracker(pixel_size_nm=d.pixel_size_nm, frame_shape=d.frame_shape, config=cfg)
+    commits, seen = [], {}
+    for f in range(d.n_frames):
+        r = d.rows(f)
+        c = ot.update(d.xy[r, 0], d.xy[r, 1], diameter_nm=d.diameter_nm[r],
+                      intensity=d.intensity[r], score=d.score[r], det_id=d.det_id[r])  # fmt: skip
+        if c is not None:
+            assert c.frame == f - cfg.commit_lag_frames
+            commits.append(c)
+        if check:
+            now = _frozen_points(ot)
+            changed = [k for k, v in seen.items() if now.get(k) != v]
+            assert not changed, f"committed points changed at frame {f}: {changed[:3]}"
+            seen = now
+    commits += ot.finish()
+    return sc, ot, commits
+
+
+def test_committed_frames_never_change() -> None:
+    cfg = TrackConfig(window_frames=8, commit_lag_frames=3)
+    sc, ot, commits = _run(0, cfg, check=True)
+    assert [c.frame for c in commits] == list(range(sc.dets.n_frames))
+    table = TrackTable.concat([c.tracks for c in commits])
+    # every committed row is what the final online state holds for that frame
+    for c in commits[::5]:
+        assert np.all(np.diff(c.tracks.frame) == 0)
+    assert len(table) == sum(t.n for t in ot.sol.tracks.values())
+
+
+def test_online_close_to_global() -> None:
+    cfg = TrackConfig()
+    sc, ot, commits = _run(2, cfg)
+    online = TrackTable.concat([c.tracks for c in commits])
+    events = [e for c in commits for e in c.events]
+    truth_ev = [{"frame": f, "type": t, "track_ids": i} for f, t, i in sc.events]
+    r_on = evaluate(sc.truth, online.as_columns(), truth_events=truth_ev, events=events)
+    glob = track_detections(sc.dets, config=cfg)
+    r_gl = evaluate(sc.truth, glob.tracks.as_columns())
+    assert r_on["mota"] >= r_gl["mota"] - 3.0
+    assert r_on["fusion_recall"] == 1.0
+    # the global re-optimisation of the history returns a new version of every track
+    table, _ = ot.reoptimize()
+    assert evaluate(sc.truth, table.as_columns())["mota"] >= r_on["mota"] - 1.0
+
+
+def test_window_must_exceed_lag() -> None:
+    with pytest.raises(ValueError, match="window_frames"):
+        OnlineTracker(pixel_size_nm=0.4, config=TrackConfig(window_frames=5, commit_lag_frames=4))
