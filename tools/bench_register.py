@@ -4,6 +4,7 @@ Run as a script to print JSON::
 
     .venv/bin/python tools/bench_register.py                 # timing, 1024² and 2048²
     .venv/bin/python tools/bench_register.py --quality       # + residual RMS vs truth
+    .venv/bin/python tools/bench_register.py --compare OUT/frames.csv SIM/transforms_truth.csv
 
 The series are built here (no dependency on nptrack.simulate): a textured support (smoothed
 noise at three scales, terraces, pores), bright Gaussian particles that move a little from
@@ -15,11 +16,13 @@ Poisson noise at `dose` counts per pixel of mean support.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -29,7 +32,13 @@ from nptrack.config import RegisterConfig
 from nptrack.register import Registrar, field_rms, invert
 from nptrack.register.warp import compose
 
-__all__ = ["SyntheticSeries", "bench_register", "quality_register", "synthetic_series"]
+__all__ = [
+    "SyntheticSeries",
+    "bench_register",
+    "compare_register",
+    "quality_register",
+    "synthetic_series",
+]
 
 
 _OVERSAMPLE = 2
@@ -157,14 +166,18 @@ def synthetic_series(
     return SyntheticSeries(frames, truth)
 
 
-def _run(series: SyntheticSeries, config: RegisterConfig) -> tuple[list[Any], list[float]]:
+def _run(
+    series: SyntheticSeries, config: RegisterConfig
+) -> tuple[list[Any], list[float], list[float]]:
+    """Results, wall-clock seconds and CPU seconds (all threads) per frame."""
     reg = Registrar(config=config)
-    results, times = [], []
+    results, wall, cpu = [], [], []
     for frame in series.frames:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results.append(reg.update(frame))
-        times.append(time.perf_counter() - t0)
-    return results, times
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return results, wall, cpu
 
 
 def bench_register(sizes: tuple[int, ...] = (1024, 2048), *, n_frames: int = 12) -> dict[str, Any]:
@@ -176,17 +189,23 @@ def bench_register(sizes: tuple[int, ...] = (1024, 2048), *, n_frames: int = 12)
         JSON-ready: ``{"register": {"1024": {"ms_per_frame_median": ..., ...}, ...},
         "threads": ..., "cpu_count": ...}``.
     """
-    out: dict[str, Any] = {"threads": cv2.getNumThreads(), "cpu_count": os.cpu_count()}
+    out: dict[str, Any] = {
+        "threads": cv2.getNumThreads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+    }
     per_size: dict[str, Any] = {}
     for size in sizes:
         series = synthetic_series((size, size), n_frames, seed=size)
         _run(series, RegisterConfig())  # warm-up (allocations, OpenCV thread pool)
-        _, times = _run(series, RegisterConfig())
-        ms = np.array(times[1:]) * 1e3  # frame 0 only becomes the anchor
+        _, wall, cpu = _run(series, RegisterConfig())
+        ms = np.array(wall[1:]) * 1e3  # frame 0 only becomes the anchor
         per_size[str(size)] = {
             "ms_per_frame_median": round(float(np.median(ms)), 2),
             "ms_per_frame_p90": round(float(np.percentile(ms, 90)), 2),
             "ms_per_frame_max": round(float(ms.max()), 2),
+            # CPU time summed over threads: robust to other load on the machine.
+            "cpu_ms_per_frame_median": round(float(np.median(cpu[1:])) * 1e3, 2),
             "frames": len(ms),
         }
     out["register"] = per_size
@@ -207,7 +226,7 @@ def quality_register(
         rms, statuses, worst_ok = [], [], 0.0
         for seed in seeds:
             series = synthetic_series((size, size), n_frames, dose=dose, seed=seed)
-            results, _ = _run(series, RegisterConfig())
+            results, _, _ = _run(series, RegisterConfig())
             for res, true in zip(results[1:], series.truth[1:], strict=True):
                 r = field_rms(res.matrix, true, shape=(size, size))
                 rms.append(r)
@@ -226,12 +245,63 @@ def quality_register(
     return {"dose_counts_per_px": dose, "max_step_px": 50.0, "strain": 0.005, "quality": out}
 
 
+def _read_maps(path: Path) -> dict[int, np.ndarray]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {
+            int(row["frame"]): np.array(
+                [
+                    [float(row[k]) for k in ("a11", "a12", "tx")],
+                    [float(row[k]) for k in ("a21", "a22", "ty")],
+                ]
+            )
+            for row in csv.DictReader(fh)
+        }
+
+
+def compare_register(
+    frames_csv: str | Path, truth_csv: str | Path, *, shape: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """Residual of `nptrack register` output against a truth CSV (frame, a11 ... ty).
+
+    `shape` (height, width) defaults to that of ``registered.tif`` beside `frames_csv`.
+    """
+    import tifffile
+
+    frames_csv, truth_csv = Path(frames_csv), Path(truth_csv)
+    if shape is None:
+        with tifffile.TiffFile(frames_csv.parent / "registered.tif") as tif:
+            shape = tuple(tif.pages[0].shape[:2])  # type: ignore[assignment]
+    est, truth = _read_maps(frames_csv), _read_maps(truth_csv)
+    with frames_csv.open(newline="", encoding="utf-8") as fh:
+        status = {int(r["frame"]): r["status"] for r in csv.DictReader(fh)}
+    rms = {k: field_rms(est[k], truth[k], shape=shape) for k in sorted(est) if k in truth and k}
+    r = np.array(list(rms.values()))
+    ok = [v for k, v in rms.items() if status[k] == "ok"]
+    return {
+        "frames": len(r),
+        "shape": list(shape),
+        "rms_px": round(float(np.sqrt(np.mean(r**2))), 4),
+        "max_px": round(float(r.max()), 4),
+        "max_ok_px": round(float(max(ok, default=0.0)), 4),
+        "status": {s: list(status.values()).count(s) for s in ("ok", "degraded", "failed")},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--quality", action="store_true", help="also measure residual vs truth")
     parser.add_argument("--dose", type=float, default=10.0, help="counts per support pixel")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("FRAMES_CSV", "TRUTH_CSV"),
+        help="only compare a frames.csv of 'nptrack register' with true transforms",
+    )
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(compare_register(*args.compare), indent=2))
+        return
     result = bench_register(tuple(args.sizes))
     if args.quality:
         result.update(quality_register(tuple(args.sizes), dose=args.dose))

@@ -83,7 +83,8 @@ def test_reduced_working_size_keeps_full_resolution_coordinates() -> None:
     ref, mov, truth = _pair(g, shape=shape, seed=5)
     result = register(ref, mov, working_size_px=128)  # factor 3 block means
     assert result.status == "ok"
-    assert field_rms(result.matrix, truth, shape=shape) < 0.2
+    # 0.1 of a 128² working pixel; a wrong pixel-centre convention would cost 1 px.
+    assert field_rms(result.matrix, truth, shape=shape) < 0.3
 
 
 def test_noise_only_frame_fails_without_raising() -> None:

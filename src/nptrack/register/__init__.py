@@ -7,9 +7,7 @@
 
 from nptrack.register.affine import (
     MODELS,
-    Pyramid,
     Registration,
-    build_pyramid,
     phase_correlation,
     register,
     support_mask,
@@ -21,6 +19,7 @@ from nptrack.register.incremental import (
     frames_rows,
     register_series,
 )
+from nptrack.register.pyramid import Pyramid, build_pyramid
 from nptrack.register.warp import (
     compose,
     decompose,

@@ -20,12 +20,17 @@ import numpy as np
 
 from nptrack.config import RegisterConfig
 from nptrack.frames import Frame
-from nptrack.register.affine import Pyramid, Registration, build_pyramid, register
+from nptrack.register.affine import Registration, register
+from nptrack.register.pyramid import Pyramid, build_pyramid
 from nptrack.register.warp import compose, identity, invert
 
 __all__ = ["FRAMES_COLUMNS", "FrameRegistration", "Registrar", "frames_rows", "register_series"]
 
 log = logging.getLogger(__name__)
+
+# How much better (in correlation) the previous frame must match than the anchor before the
+# series is chained through it.
+_FALLBACK_GAIN = 0.05
 
 #: Columns of ``frames.csv`` (the data contract).
 FRAMES_COLUMNS = (
@@ -212,7 +217,9 @@ class Registrar:
             pair = self._register(prev_pyr, pyr, guess, pair_mask)
             pair_cc = pair.cc if np.isfinite(pair.cc) else -np.inf
             best_cc = best.cc if np.isfinite(best.cc) else -np.inf
-            if pair.status != "failed" and pair_cc > best_cc:
+            # Chaining accumulates error: take it only when it is clearly better (at low
+            # dose every cc is low, and a pair of noisy frames is no better than the anchor).
+            if pair.status != "failed" and pair_cc > best_cc + _FALLBACK_GAIN:
                 best = FrameRegistration(
                     index,
                     compose(prev_matrix, pair.matrix),
