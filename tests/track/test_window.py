@@ -22,9 +22,9 @@ def _frozen_points(ot: OnlineTracker) -> dict[tuple[int, int], tuple]:
 
 
 def _run(
-    seed: int, cfg: TrackConfig, check: bool = False
+    seed: int, cfg: TrackConfig, check: bool = False, crossing: bool = True
 ) -> tuple[Scene, OnlineTracker, list[Commit]]:
-    sc = make_scene(seed=seed)
+    sc = make_scene(seed=seed, crossing=crossing)
     d = sc.dets
     ot = OnlineTracker(pixel_size_nm=d.pixel_size_nm, frame_shape=d.frame_shape, config=cfg)
     commits, seen = [], {}
@@ -56,19 +56,23 @@ def test_committed_frames_never_change() -> None:
 
 
 def test_online_close_to_global() -> None:
+    """On a scene without a long crossing (a crossing longer than the commit lag looks like a
+    fusion online: the re-emergence comes too late), online ≈ global."""
     cfg = TrackConfig()
-    sc, ot, commits = _run(2, cfg)
+    sc, ot, commits = _run(2, cfg, crossing=False)
     online = TrackTable.concat([c.tracks for c in commits])
     events = [e for c in commits for e in c.events]
     truth_ev = [{"frame": f, "type": t, "track_ids": i} for f, t, i in sc.events]
     r_on = evaluate(sc.truth, online.as_columns(), truth_events=truth_ev, events=events)
     glob = track_detections(sc.dets, config=cfg)
     r_gl = evaluate(sc.truth, glob.tracks.as_columns())
-    assert r_on["mota"] >= r_gl["mota"] - 3.0
-    assert r_on["fusion_recall"] == 1.0
+    assert r_on["mota"] >= r_gl["mota"] - 1.0
+    assert r_on["fusion_recall"] == 1.0 and r_on["fusion_precision"] == 1.0
     # the global re-optimisation of the history returns a new version of every track
     table, _ = ot.reoptimize()
-    assert evaluate(sc.truth, table.as_columns())["mota"] >= r_on["mota"] - 1.0
+    assert evaluate(sc.truth, table.as_columns())["mota"] == pytest.approx(r_gl["mota"])
+    warm, _ = ot.reoptimize(warm_start=True)
+    assert evaluate(sc.truth, warm.as_columns())["mota"] >= r_on["mota"] - 1.0
 
 
 def test_window_must_exceed_lag() -> None:

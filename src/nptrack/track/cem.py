@@ -27,6 +27,8 @@ from nptrack.track.energy import (
     Packed,
     Solution,
     Track,
+    endpoint_energy,
+    group_median,
     pack,
 )
 from nptrack.track.initial import estimate_params, initial_solution
@@ -70,6 +72,12 @@ class Mover:
         self.sol, self.dets, self.p = sol, dets, params
         self.touched: set[int] = set()
         self.active: set[int] | None = None  # tracks whose moves are tried (None: all)
+        self.tabu: set[tuple] = set()  # fusion decisions taken in this run (no undoing)
+        # frames around a change that enter its evaluation; intensities are re-solved in all
+        # but the outer two (they anchor the window to the rest of the tracks)
+        self.margin = 8
+        # in a window the end terms are computed apart, on whole tracks
+        self.p_win = replace(params, weight_persistence=0.0, weight_regularisation=0.0)
         self.add_tried = np.zeros(len(dets), bool)
         dmax = float(dets.diameter_nm.max()) if len(dets) else params.reference_diameter_nm
         self.rmax = float(params.contact_px(dmax, dmax))
@@ -78,14 +86,25 @@ class Mover:
     def reindex(self) -> None:
         """Rebuild the point index and the detection usage (after CG or a round of moves)."""
         trs = list(self.sol.tracks.values())
-        self.point_ids = np.repeat([t.id for t in trs], [t.n for t in trs]).astype(np.int64)
-        pts = [np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP]) for t in trs]
-        self.tree = cKDTree(np.concatenate(pts)) if pts else None
+        ids = np.array([t.id for t in trs], dtype=np.int64)
+        lens = np.array([t.n for t in trs], dtype=np.int64)
+        self.point_ids = np.repeat(ids, lens)
+        self.tree = None
         self.fresh: dict[int, Track] = {}
         self.used = np.zeros(len(self.dets), dtype=np.int64)
-        for t in trs:
-            self._use(t, 1)
-        self.diam = {t.id: self.track_diameter(t) for t in trs}
+        self.diam = {}
+        if not trs:
+            return
+        xy = np.concatenate([t.xy for t in trs])
+        frames = np.concatenate([np.arange(t.start, t.end + 1) for t in trs])
+        self.tree = cKDTree(np.column_stack([xy, frames * FRAME_SEP]))
+        det = np.concatenate([t.det for t in trs])
+        obs = det >= 0
+        np.add.at(self.used, det[obs], 1)
+        grp = np.repeat(np.arange(len(trs)), lens)[obs]
+        med = group_median(self.dets.diameter_nm[det[obs]], grp, len(trs))
+        med = np.where(np.isnan(med), self.p.reference_diameter_nm, med)
+        self.diam = dict(zip(ids.tolist(), med.tolist(), strict=True))
 
     def skip(self, tid: int) -> bool:
         """Leave moves of track `tid` out of this epoch (changed already, or not active)."""
@@ -201,35 +220,61 @@ class Mover:
         if not self._valid(move, lookup, rel_after):
             return np.inf
         rel_before = self._touching(sol.fusions.values(), before_ids)
-        focus = [t for t in before + after if t is not None]
-        if not focus:
+        after = [t for t in after if t is not None]
+        if not before and not after:
             return 0.0
-        t0 = min(t.start for t in focus) - 1
-        t1 = max(t.end for t in focus) + 1
-        ctx = self.neighbours(focus, 1.2 * self.rmax + 2.0 * self.p.detection_radius_px)
+        key = _fusion_keys(sol, move)
+        if key & self.tabu:
+            return np.inf  # would undo a fusion decision taken earlier in this run
+        lo, hi = _changed_frames(before, after, rel_before, rel_after, sol)
+        if lo > hi:
+            return 0.0
+        # Judge on a window around what changes; whole-track terms (ends, length) exactly.
+        lo, hi = lo - self.margin, hi + self.margin
+        focus = before + after
+        ctx = self.neighbours(
+            [t.cut(lo, hi) for t in focus], 1.2 * self.rmax + 2.0 * self.p.detection_radius_px
+        )
         for f in rel_before + rel_after:
             ctx.update((f.child, *f.parents))
         ctx -= before_ids | after_ids
-        context = [sol.tracks[i].cut(t0, t1) for i in sorted(ctx) if i in sol.tracks]
-        context = [t for t in context if t.n > 0]
-        # The tracks before the move carry intensities already relaxed by the last refine.
-        e_after = self._local([t for t in after if t is not None], rel_after, context, move.relax)
-        e_before = self._local(before, rel_before, context, False)
-        return e_after - e_before
+        context = [c for i in sorted(ctx) if i in sol.tracks and (c := sol.tracks[i].cut(lo, hi)).n]
+        diam = dict(self.diam)
+        for t in after:
+            if t.id not in diam or t.id in added:
+                diam[t.id] = self.track_diameter(t)
+
+        def ends(tracks: list[Track], fus: list[Fusion]) -> float:
+            return endpoint_energy(
+                tracks, self.p, children={f.child for f in fus},
+                parents={q for f in fus for q in f.parents}, first_frame=sol.first_frame,
+                last_frame=sol.last_frame, diameters=diam,
+            )  # fmt: skip
+
+        win = (lo + 2, hi - 2)
+        cut_a = [c for t in after if (c := t.cut(lo, hi)).n]
+        cut_b = [c for t in before if (c := t.cut(lo, hi)).n]
+        e_after = self._local(cut_a, rel_after, context, diam, win if move.relax else None)
+        e_before = self._local(cut_b, rel_before, context, diam, None)
+        return e_after + ends(after, rel_after) - e_before - ends(before, rel_before)
 
     def _local(
         self,
         focus: list[Track],
         fusions: list[Fusion],
         context: list[Track],
-        relax: bool = True,
+        diam: dict[int, float],
+        relax: tuple[int, int] | None,
     ) -> float:
-        """Energy of the focus tracks given the context (intensities re-solved if `relax`)."""
-        diam = {t.id: self.diam[t.id] for t in context + focus if t.id in self.diam}
+        """Windowed energy of the focus tracks given the context, without the end terms.
+
+        With `relax`, the intensities of the focus points in those frames are re-solved first
+        (new points carry raw detection intensities).
+        """
         pk = pack(
             focus + context,
             self.dets,
-            self.p,
+            self.p_win,
             n_focus=len(focus),
             fusions=fusions,
             first_frame=self.sol.first_frame,
@@ -237,9 +282,10 @@ class Mover:
             frozen_until=self.sol.frozen_until,
             diameters=diam,
         )
-        # Intensities adapt to the new topology (solved directly, cheap); positions are judged
-        # as placed (on detections or interpolated) and refined by CG after the epoch.
-        u = pk.relax_intensity(pk.xy, pk.u, iterations=2) if relax else pk.u
+        u = pk.u
+        if relax is not None:
+            pk.free &= (pk.t >= relax[0]) & (pk.t <= relax[1])
+            u = pk.relax_intensity(pk.xy, pk.u, iterations=2)
         return pk.energy(pk.xy, u, grad=False)[0]
 
     def apply(self, move: Move) -> None:
@@ -256,6 +302,7 @@ class Mover:
             self.diam[t.id] = self.track_diameter(t)
         for f in move.fusions:
             sol.fusions[f.child] = f
+        self.tabu |= _fusion_keys(sol, move, applied=True)
         self.touched.update(move.remove)
         self.touched.update(t.id for t in move.add)
         for f in move.fusions:
@@ -289,15 +336,24 @@ def refine(
     ids: Iterable[int] | None = None,
     maxiter: int = 30,
     mover: Mover | None = None,
+    since: int | None = None,
+    relax_iterations: int = 4,
 ) -> float:
     """Conjugate gradient on positions and log intensities (in place); returns the energy.
 
     With `ids`, only those tracks are variables; their neighbours and fusion partners enter as
-    fixed context (local re-optimisation around changed tracks).
+    fixed context (local re-optimisation around changed tracks). With `since` (online: two
+    frames before the first free frame), only frames from `since` on are packed.
     """
-    if ids is None:
-        focus = list(sol.tracks.values())
+    whole: list[Track] = []
+    if ids is None and since is not None:
+        whole = [t for t in sol.tracks.values() if t.end >= since]
+        focus = [t.cut(since, t.end) for t in whole]
         context: list[Track] = []
+        fusions = list(sol.fusions.values())
+    elif ids is None:
+        focus = list(sol.tracks.values())
+        context = []
         fusions = list(sol.fusions.values())
     else:
         keep = set(ids) & set(sol.tracks)
@@ -320,20 +376,27 @@ def refine(
         params,
         n_focus=len(focus),
         fusions=fusions,
-        first_frame=sol.first_frame,
+        first_frame=sol.first_frame if since is None else max(since, sol.first_frame),
         last_frame=sol.last_frame,
         frozen_until=sol.frozen_until,
     )
-    e, xy, u = _minimise(pk, params, maxiter)
+    e, xy, u = _minimise(pk, params, maxiter, relax_iterations=relax_iterations)
     for i, t in enumerate(focus):
         sl = slice(pk.starts[i], pk.starts[i] + t.n)
-        t.xy[:] = xy[sl]
-        t.u[:] = u[sl]
+        dest = whole[i] if whole else t
+        k = t.start - dest.start
+        dest.xy[k:] = xy[sl]
+        dest.u[k:] = u[sl]
     return e
 
 
 def _minimise(
-    pk: Packed, params: EnergyParams, maxiter: int, *, window: NDArray[np.bool_] | None = None
+    pk: Packed,
+    params: EnergyParams,
+    maxiter: int,
+    *,
+    window: NDArray[np.bool_] | None = None,
+    relax_iterations: int = 4,
 ) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
     """Minimise over the free points of `pk`: (energy, positions, log intensities).
 
@@ -342,7 +405,7 @@ def _minimise(
     together, only inside `window` if given.
     """
     xy, u = pk.xy.copy(), pk.u.copy()
-    u = pk.relax_intensity(xy, u)
+    u = pk.relax_intensity(xy, u, iterations=relax_iterations)
     free = pk.free if window is None else pk.free & window
     nf = int(free.sum())
     if nf == 0:
@@ -404,7 +467,7 @@ def assign_detections(
             # a blob may explain two crossing particles if its intensity is their sum
             v = dets.log_intensity[g_]
             both, one = np.logaddexp(u[p_], u[o]), max(u[p_], u[o])
-            if abs(v - both) < abs(v - one):
+            if abs(v - both) + params.intensity_tolerance < abs(v - one):
                 new[p_] = g_
                 owner[g_] = -1
     for t, part in zip(trs, np.split(new, np.cumsum(lens)[:-1]), strict=True):
@@ -466,6 +529,85 @@ def optimize(
         near = mover.neighbours([sol.tracks[i] for i in changed], 2.0 * mover.rmax + 10.0)
         mover.active = changed | near | _fusion_members(sol, changed | near)
     return sol
+
+
+def _fusion_keys(sol: Solution, move: Move, *, applied: bool = False) -> set[tuple]:
+    """Keys of the fusion decisions of a move: ("made" | "undone", frame, parents).
+
+    Before applying, the keys that would *reverse* an earlier decision are returned; after
+    applying, the keys of this decision.
+    """
+    if move.kind not in ("fuse", "unfuse"):  # a crossing may still replace a fusion
+        return set()
+    lookup = {t.id: t for t in move.add}
+    out = set()
+    new = {f.child for f in move.fusions}
+    for f in move.fusions:
+        child = lookup.get(f.child) or sol.tracks.get(f.child)
+        if child is not None:
+            k = (child.start, frozenset(f.parents))
+            out.add(("made", *k) if applied else ("undone", *k))
+    for c in move.drop:
+        f = sol.fusions.get(c)
+        if f is None or c in new:
+            continue
+        child = sol.tracks.get(c)
+        if child is not None:
+            k = (child.start, frozenset(f.parents))
+            out.add(("undone", *k) if applied else ("made", *k))
+    return out
+
+
+def _changed_frames(
+    before: list[Track],
+    after: list[Track],
+    fus_before: list[Fusion],
+    fus_after: list[Fusion],
+    sol: Solution,
+) -> tuple[int, int]:
+    """First and last frame where the points, their links or the fusion terms differ."""
+
+    def rows(tracks: list[Track]) -> NDArray[np.float64]:
+        if not tracks:
+            return np.zeros((0, 7))
+        out = []
+        for t in tracks:
+            f = np.arange(t.start, t.end + 1, dtype=float)
+            prev = np.vstack([[np.nan, np.nan], t.xy[:-1]])
+            out.append(np.column_stack([f, t.xy, t.u, t.det, prev]))
+        return np.concatenate(out)
+
+    a, b = rows(before), rows(after)
+    both = np.concatenate([a, b])
+    if both.size:
+        # a point (with its link to the previous one) present on one side only has changed
+        _, inv, cnt = np.unique(np.nan_to_num(both, nan=-1e9), axis=0, return_inverse=True,
+                                return_counts=True)  # fmt: skip
+        changed = both[cnt[inv.ravel()] == 1, 0]
+    else:
+        changed = np.zeros(0)
+    fr = list(changed)
+
+    def sigs(fus: list[Fusion], tracks: list[Track]) -> dict[tuple, int]:
+        """Fusion terms by their points (ids may be renamed without changing a term)."""
+        look = {t.id: t for t in tracks}
+        out = {}
+        for f in fus:
+            c = look.get(f.child) or sol.tracks.get(f.child)
+            ps = [look.get(q) or sol.tracks.get(q) for q in f.parents]
+            if c is None or any(q is None for q in ps):
+                continue
+            key = (c.start, *c.xy[0], *sorted((q.end, *q.xy[-1]) for q in ps if q is not None))
+            out[key] = c.start
+        return out
+
+    sb, sa = sigs(fus_before, before), sigs(fus_after, after)
+    for k in sb.keys() ^ sa.keys():
+        f0 = sb.get(k, sa.get(k))
+        fr += [f0 - 1, f0]
+    if not fr:
+        return 0, -1
+    return int(min(fr)), int(max(fr))
 
 
 def _fusion_members(sol: Solution, ids: set[int]) -> set[int]:

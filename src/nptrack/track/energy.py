@@ -16,8 +16,9 @@ Energy ``E = Σ_k w_k E_k`` (weights from `nptrack.config.TrackConfig`):
 - ``E_dyn``: Brownian steps ``‖x^{t+1} − x^t‖² / (2σ²(d))``, ``σ² ∝ d^mobility_exponent``; or
   Milan's constant velocity ``‖x^{t−1} − 2x^t + x^{t+1}‖² / (2σ²)``. A fusion child's first
   step starts from the mass-weighted centre of its parents.
-- ``E_int``: ``(u^{t−1} − 2u^t + u^{t+1})² / (2ε_s²)`` along a track (a steady trend, as in
-  Ostwald ripening, is free; a jump is not), and at a fusion
+- ``E_int``: ``(u^{t−1} − 2u^t + u^{t+1})² / (2ε_s²) + (u^{t+1} − u^t)² / (2ε_1(d)²)`` along
+  a track (a steady trend, as in Ostwald ripening, is cheap, the faster the smaller the
+  particle, ε_1 ∝ d⁻³; a jump is not), and at a fusion
   ``(u_child − log Σ_k e^{u_parent_k})² / (2ε_m²)``: the parents' masses add up to the child's.
 - ``E_exc``: ``(1 − ‖x_p − x_q‖²/r_pq²)²`` for two particles closer than their contact distance
   ``r_pq``, except superposed pairs (a crossing on two surfaces) and fusing parents.
@@ -50,7 +51,9 @@ __all__ = [
     "Packed",
     "Solution",
     "Track",
+    "endpoint_energy",
     "energy",
+    "group_median",
     "pack",
 ]
 
@@ -258,7 +261,11 @@ class EnergyParams:
     detection_scale_px: float = 1.0  # s, about 2.5 localisation_px
     localisation_px: float = 0.4  # σ of a detection's position error per axis
     intensity_tolerance: float = 0.25  # ε_d, log units, in E_det
-    intensity_smoothness: float = 0.1  # ε_s, log units per frame
+    intensity_smoothness: float = 0.1  # ε_s, log units per frame² (second differences)
+    # ε_1: how fast a particle's log mass may drift per frame at reference_diameter_nm (Ostwald
+    # ripening); it scales as d⁻³ (a volume flux acts on log volume as 1/V): small particles
+    # shrink and vanish quickly, a big one whose mass drops by a third is a split, not ripening.
+    intensity_drift: float = 0.03
     mass_tolerance: float = 0.15  # ε_m, log units at a fusion
     step_sigma_px: float = 1.5  # Brownian σ per axis per frame at reference_diameter_nm
     reference_diameter_nm: float = 3.0
@@ -284,6 +291,12 @@ class EnergyParams:
         var = self.step_sigma_px**2 * (d / self.reference_diameter_nm) ** self.mobility_exponent
         return np.clip(var, 0.01, (self.max_step_px / 3.0) ** 2)
 
+    def drift_k(self, diameter_nm: ArrayLike) -> NDArray[np.float64]:
+        """1 / (2 ε_1²) of the first-difference intensity term for particles of `diameter_nm`."""
+        d = np.maximum(np.asarray(diameter_nm, dtype=float), 0.05 * self.reference_diameter_nm)
+        eps = np.clip(self.intensity_drift * (self.reference_diameter_nm / d) ** 3, 0.005, 1.0)
+        return 0.5 / eps**2
+
     def contact_px(self, d1: ArrayLike, d2: ArrayLike) -> NDArray[np.float64]:
         """Distance (px) below which two particles overlap (exclusion radius)."""
         d = np.asarray(d1, dtype=float) + np.asarray(d2, dtype=float)
@@ -296,12 +309,22 @@ class EnergyParams:
         return 1.0 / (1.0 + np.exp(-(d - self.small_diameter_nm) / w))
 
 
-def _track_diameter(track: Track, dets: Detections) -> float:
-    """Typical diameter (nm) of a track: median over its detections."""
-    d = track.det[track.det >= 0]
-    if d.size:
-        return float(np.median(dets.diameter_nm[d]))
-    return float(np.median(dets.diameter_nm)) if len(dets) else 1.0
+def group_median(
+    values: NDArray[np.float64], groups: NDArray[np.int64], n: int
+) -> NDArray[np.float64]:
+    """Median of `values` per group 0..n−1 (NaN for an empty group), without a Python loop."""
+    out = np.full(n, np.nan)
+    if not values.size:
+        return out
+    order = np.lexsort((values, groups))
+    g, v = groups[order], values[order]
+    first = np.searchsorted(g, np.arange(n), side="left")
+    count = np.bincount(g, minlength=n)
+    ok = count > 0
+    lo = first[ok] + (count[ok] - 1) // 2
+    hi = first[ok] + count[ok] // 2
+    out[ok] = 0.5 * (v[lo] + v[hi])
+    return out
 
 
 @dataclass(eq=False)
@@ -322,6 +345,7 @@ class Packed:
     n_lambda: int  # points whose λ is counted
     steps: NDArray[np.int64]  # (S, 2) consecutive points of focus tracks
     step_k: NDArray[np.float64]  # 1 / (2σ²) per step
+    drift_k: NDArray[np.float64]  # 1 / (2ε_1²) per step
     triples: NDArray[np.int64]  # (T, 3) for constant velocity
     triple_k: NDArray[np.float64]
     fus_child: NDArray[np.int64]  # (F,) first point of each child
@@ -414,6 +438,12 @@ class Packed:
         w = p.weight_intensity
         if w:
             e = 0.0
+            if self.steps.size:
+                a, b = self.steps.T
+                d = u[b] - u[a]
+                e += float((self.drift_k * d * d).sum())
+                add(gu, b, 2.0 * w * self.drift_k * d)
+                add(gu, a, -2.0 * w * self.drift_k * d)
             if self.triples.size:
                 a, b, c3 = self.triples.T
                 r = u[a] - 2.0 * u[b] + u[c3]
@@ -514,6 +544,11 @@ class Packed:
                 w = p.weight_detection * c / ((1.0 + z) ** 2 * e2)
                 coef = np.column_stack([sp, np.where(has, 1.0 - sp, 0.0)])
                 quad(np.column_stack([dp, partner]), coef, du, w)
+            if p.weight_intensity and self.steps.size:
+                st = self.steps
+                r = u[st[:, 1]] - u[st[:, 0]]
+                coef = np.tile([-1.0, 1.0], (len(st), 1))
+                quad(st, coef, r, p.weight_intensity * self.drift_k)
             if ks and self.triples.size:
                 tri = self.triples
                 coef = np.tile([1.0, -2.0, 1.0], (len(tri), 1))
@@ -578,6 +613,45 @@ class _Normal:
         self.vals.append(hv[both])
 
 
+def endpoint_energy(
+    tracks: Sequence[Track],
+    params: EnergyParams,
+    *,
+    children: set[int],
+    parents: set[int],
+    first_frame: int,
+    last_frame: int,
+    diameters: dict[int, float],
+) -> float:
+    """Weighted persistence + regularisation of whole tracks (as `Packed.energy` counts them).
+
+    Lets a move be judged on a window of frames around what it changes while the terms that
+    depend on whole tracks (their ends, their length) stay exact.
+    """
+    pts, a = [], []
+    reg = 0.0
+    for t in tracks:
+        sf = float(params.size_factor(diameters.get(t.id, params.reference_diameter_nm)))
+        if t.start > first_frame and t.id not in children:
+            pts.append(t.xy[0])
+            a.append(sf)
+        if t.end < last_frame and t.id not in parents:
+            pts.append(t.xy[-1])
+            a.append(sf)
+        reg += (0.0 if t.id in children else 1.0) + 1.0 / t.n
+    per = 0.0
+    if pts:
+        aa = np.array(a)
+        if params.frame_shape is None:
+            per = float(aa.sum())
+        else:
+            xy = np.array(pts)
+            h, w = params.frame_shape
+            bd = np.maximum(np.min(np.column_stack([xy, w - 1 - xy[:, 0], h - 1 - xy[:, 1]]), 1), 0)
+            per = float((aa * (1.0 - np.exp(-bd * bd / params.border_margin_px**2))).sum())
+    return params.weight_persistence * per + params.weight_regularisation * reg
+
+
 def _skip(*_: Any) -> None:
     """Stand-in for np.add.at when no gradient is wanted."""
 
@@ -590,7 +664,7 @@ def _superposition(
     t: NDArray[np.int64],
     params: EnergyParams,
 ) -> NDArray[np.bool_]:
-    """Which overlapping pairs are a crossing: the blob's intensity is closer to their sum."""
+    """Which overlapping pairs are a crossing: the blob's intensity is clearly their sum."""
     if not pairs.size or not len(dets):
         return np.zeros(len(pairs), bool)
     a, b = pairs.T
@@ -602,7 +676,8 @@ def _superposition(
     v = dets.log_intensity[np.where(ok, g, 0)]
     both = np.logaddexp(pk_u[a], pk_u[b])
     one = np.maximum(pk_u[a], pk_u[b])
-    return ok & (np.abs(v - both) < np.abs(v - one))
+    # the sum must explain the blob better by one tolerance: a faint partner is not evidence
+    return ok & (np.abs(v - both) + params.intensity_tolerance < np.abs(v - one))
 
 
 def pack(
@@ -648,10 +723,17 @@ def pack(
         u = np.concatenate([tr.u for tr in tracks]).astype(float)
     else:
         t, xy, u = np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0)
-    tr_d = np.empty(ntr)
-    for i, tr in enumerate(tracks):
-        known = None if diameters is None else diameters.get(tr.id)
-        tr_d[i] = _track_diameter(tr, dets) if known is None else known
+    ids = np.array([tr.id for tr in tracks], dtype=np.int64)
+    diameters = diameters or {}
+    tr_d = np.array([diameters.get(int(i), np.nan) for i in ids], dtype=float)
+    need = np.flatnonzero(np.isnan(tr_d))
+    if need.size:
+        det = np.concatenate([tracks[i].det for i in need])
+        grp = np.repeat(np.arange(need.size), lens[need])
+        obs = det >= 0
+        med = group_median(dets.diameter_nm[det[obs]], grp[obs], need.size)
+        fallback = float(np.median(dets.diameter_nm)) if len(dets) else 1.0
+        tr_d[need] = np.where(np.isnan(med), fallback, med)
     diam_pt = tr_d[tix]
     focus_tr = np.arange(ntr) < n_focus
     focus_pt = focus_tr[tix]
@@ -698,20 +780,16 @@ def pack(
     else:
         fus_w = np.zeros(0)
 
-    # persistence of focus tracks
-    per_p, per_a = [], []
+    # persistence and regularisation of focus tracks
     sf = params.size_factor(tr_d)
-    for i in range(n_focus):
-        tr = tracks[i]
-        if tr.start > first_frame and tr.id not in child_of:
-            per_p.append(starts[i])
-            per_a.append(sf[i])
-        if tr.end < last_frame and tr.id not in parent_set:
-            per_p.append(last_pt[i])
-            per_a.append(sf[i])
-    reg = sum(
-        (0.0 if tracks[i].id in child_of else 1.0) + 1.0 / tracks[i].n for i in range(n_focus)
-    )
+    t_start = t[starts] if P else starts
+    is_child = np.isin(ids, list(child_of))
+    is_parent = np.isin(ids, list(parent_set))
+    ps = focus_tr & (t_start > first_frame) & ~is_child
+    pe = focus_tr & (t_start + lens - 1 < last_frame) & ~is_parent
+    per_p = np.concatenate([starts[ps], last_pt[pe]])
+    per_a = np.concatenate([sf[ps], sf[pe]])
+    reg = float((~is_child[focus_tr]).sum() + (1.0 / lens[focus_tr]).sum())
 
     # overlapping pairs: exclusion, or superposition (crossing on two surfaces)
     partner = np.full(P, -1, dtype=np.int64)
@@ -749,16 +827,11 @@ def pack(
     counted[has] |= focus_pt[partner[has]]
     cp = np.flatnonzero(counted)
     if cp.size and len(dets):
-        lists = dets.tree.query_ball_point(
-            np.column_stack([xy[cp], t[cp] * FRAME_SEP]), params.detection_radius_px
+        pairs = cKDTree(np.column_stack([xy[cp], t[cp] * FRAME_SEP])).sparse_distance_matrix(
+            dets.tree, params.detection_radius_px, output_type="ndarray"
         )
-        nper = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-        det_p = np.repeat(cp, nper)
-        det_g = (
-            np.fromiter((g for x in lists for g in x), dtype=np.int64, count=int(nper.sum()))
-            if nper.sum()
-            else np.zeros(0, np.int64)
-        )
+        det_p = cp[pairs["i"].astype(np.int64)]
+        det_g = pairs["j"].astype(np.int64)
     else:
         det_p = det_g = np.zeros(0, np.int64)
 
@@ -777,6 +850,7 @@ def pack(
         n_lambda=int(focus_pt.sum()),
         steps=steps,
         step_k=step_k,
+        drift_k=params.drift_k(tr_d[tix[a]]),
         triples=triples,
         triple_k=triple_k,
         fus_child=fus_child,
@@ -786,9 +860,9 @@ def pack(
         fus_k=np.array(fk),
         exc=exc,
         exc_r2=exc_r2,
-        per_p=np.array(per_p, dtype=np.int64),
-        per_a=np.array(per_a, dtype=float),
-        reg=float(reg),
+        per_p=per_p.astype(np.int64),
+        per_a=per_a.astype(float),
+        reg=reg,
     )
 
 

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["GENERATORS", "MOVE_ORDER", "Move"]
 
 # "fuse" also tries crossing a neighbour (moves of kind "cross"), see `gen_fuse`.
-MOVE_ORDER = ("merge", "remove", "fuse", "unfuse", "grow", "shrink", "split", "swap", "add")
+MOVE_ORDER = (
+    "merge", "remove", "fuse", "emerge", "unfuse", "grow", "shrink", "split", "swap", "add"
+)  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
@@ -551,6 +553,68 @@ def _cross_group(
     return group
 
 
+def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
+    """A track that appears next to a neighbour was under it: extend it back, superposed.
+
+    The mirror of `_cross_group`: track A starts next to track C; before its start A shared
+    C's blob, back to where a track A'' ends next to C (A'' + overlap + A become one track)
+    or to C's start. C's intensity over the overlap is set to the blob's minus A's.
+    """
+    sol = mv.sol
+    tails = [t for t in sol.tracks.values() if t.end > sol.frozen_until]
+    parents = sol.parent_of()
+    for a in sorted(sol.tracks.values(), key=lambda t: t.start):
+        s0 = a.start
+        if mv.skip(a.id) or a.id in sol.fusions or s0 <= sol.first_frame or a.n < 3:
+            continue
+        if s0 - 1 <= sol.frozen_until:
+            continue
+        da = mv.diam[a.id]
+        probe = Track(-1, s0 - 1, a.xy[:1], a.u[:1], a.det[:1])
+        group: list[Move] = []
+        for cid in mv.neighbours([probe], mv.reach_px(da, 1) + mv.rmax):
+            c = sol.tracks[cid]
+            if cid == a.id or cid in mv.touched or c.end < s0 or c.start > s0 - 1:
+                continue
+            if np.hypot(*(c.xy[s0 - 1 - c.start] - a.xy[0])) > _touch_px(
+                mv, da, mv.diam[cid]
+            ) + mv.reach_px(da, 1):
+                continue
+            # where A was before the overlap: a track ending next to C, or nowhere
+            starts: list[tuple[int, Track | None]] = [(max(c.start, sol.frozen_until + 1), None)]
+            for b in tails:
+                gap = s0 - b.end
+                if b.id in (a.id, cid) or b.id in mv.touched or b.id in parents:
+                    continue
+                if not (2 <= gap and b.end + 1 >= c.start and b.end < s0 - 1):
+                    continue
+                k = b.end + 1
+                if np.hypot(*(b.xy[-1] - c.xy[k - c.start])) <= mv.reach_px(da, 1) + mv.rmax:
+                    starts.append((k, b))
+            for k, prev in starts[:4]:
+                lo, hi = k - c.start, s0 - c.start
+                if hi <= lo:
+                    continue
+                ia = np.exp(a.u[0])
+                own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
+                c2 = c.copy()
+                c2.u[lo:hi] = own
+                mid = Track(a.id, k, c.xy[lo:hi].copy(), np.full(hi - lo, a.u[0]),
+                            c.det[lo:hi].copy())  # fmt: skip
+                a2 = _join(mid, a, a.id)
+                rm: tuple[int, ...] = (a.id, cid)
+                fus: list[Fusion] = []
+                if prev is not None:
+                    a2 = _join(prev, a2, prev.id)
+                    a2 = Track(prev.id, a2.start, a2.xy, a2.u, a2.det)
+                    rm = (*rm, prev.id)
+                    fus = _retarget(sol.fusions.values(), a.id, prev.id)
+                drop = tuple(f.child for f in fus)
+                group.append(Move("cross", rm, (a2, c2), drop, tuple(fus), at=(k - 1, s0)))
+        if group:
+            yield group
+
+
 def gen_add(mv: Mover) -> Iterator[list[Move]]:
     """A new track through a chain of unexplained detections."""
     sol, dets = mv.sol, mv.dets
@@ -603,6 +667,7 @@ GENERATORS = {
     "shrink": gen_shrink,
     "split": gen_split,
     "swap": gen_swap,
+    "emerge": gen_emerge,
     "add": gen_add,
     "remove": gen_remove,
 }

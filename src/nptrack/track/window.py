@@ -11,10 +11,11 @@ global CEM over the whole history at any time and returns a new version of all t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
+from scipy.spatial import cKDTree
 
 from nptrack.config import TrackConfig
 from nptrack.track.cem import Mover, assign_detections, optimize, params_from_config, refine
@@ -22,7 +23,8 @@ from nptrack.track.energy import Detections, EnergyParams, Solution, Track
 from nptrack.track.events import (
     Event,
     TrackTable,
-    _crossings,
+    _border_px,
+    _fusion_detail,
     empty_table,
     find_events,
     solution_to_table,
@@ -74,28 +76,30 @@ class OnlineTracker:
         self.pixel_size_nm = float(pixel_size_nm)
         self.frame_shape = frame_shape
         self._fixed_params = params is not None
-        self._cols: dict[str, list[NDArray]] = {k: [] for k in ("x", "y", "d", "i", "s", "id")}
+        self._buf = np.zeros((1024, 6))  # x, y, diameter, intensity, score, det_id
         self._offsets = [0]
         self.sol = Solution(first_frame=0, last_frame=-1, frozen_until=-1)
         self.params = params or params_from_config(self.cfg, self._dets(0, -1), estimate=False)
         self._names: dict[int, int] = {}
+        self._diam: dict[int, float] = {}
         self.t = -1
         self.committed_until = -1
 
     # -- detections ------------------------------------------------------------------------
     def _dets(self, f0: int, f1: int) -> Detections:
         """Detections of frames [f0, f1] (rows numbered from frame f0's first row)."""
-        a, b = self._offsets[max(f0, 0)], self._offsets[f1 + 1] if f1 >= 0 else 0
-        cat = {k: np.concatenate(v)[a:b] if v else np.zeros(0) for k, v in self._cols.items()}
+        a = self._offsets[max(f0, 0)]
+        b = self._offsets[f1 + 1] if f1 >= 0 else 0
+        c = self._buf[a:b]
         frame = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))[a:b]
         return Detections.from_arrays(
             frame,
-            cat["x"],
-            cat["y"],
-            diameter_nm=cat["d"],
-            intensity=cat["i"],
-            score=cat["s"],
-            det_id=cat["id"].astype(np.int64),
+            c[:, 0],
+            c[:, 1],
+            diameter_nm=c[:, 2],
+            intensity=c[:, 3],
+            score=c[:, 4],
+            det_id=c[:, 5].astype(np.int64),
             pixel_size_nm=self.pixel_size_nm,
             frame_shape=self.frame_shape,
             n_frames=f1 + 1,
@@ -123,13 +127,20 @@ class OnlineTracker:
         self.t += 1
         t = self.t
         base = self._offsets[-1]
-        self._cols["x"].append(x)
-        self._cols["y"].append(np.asarray(y, float).ravel())
-        self._cols["d"].append(np.asarray(diameter_nm, float).ravel())
-        self._cols["i"].append(np.asarray(intensity, float).ravel())
-        self._cols["s"].append(np.ones(n) if score is None else np.asarray(score, float).ravel())
-        ids = np.arange(base, base + n) if det_id is None else np.asarray(det_id).ravel()
-        self._cols["id"].append(ids.astype(float))
+        if base + n > len(self._buf):  # grow geometrically: amortised constant cost per frame
+            self._buf = np.concatenate(
+                [self._buf, np.zeros((max(base + n, 2 * len(self._buf)), 6))]
+            )
+        self._buf[base : base + n] = np.column_stack(
+            [
+                x,
+                np.asarray(y, float).ravel(),
+                np.asarray(diameter_nm, float).ravel(),
+                np.asarray(intensity, float).ravel(),
+                np.ones(n) if score is None else np.asarray(score, float).ravel(),
+                np.arange(base, base + n) if det_id is None else np.asarray(det_id).ravel(),
+            ]
+        )
         self._offsets.append(base + n)
         if not self._fixed_params and t == self.W + 10:
             self.params = params_from_config(self.cfg, self._dets(0, t))
@@ -152,15 +163,41 @@ class OnlineTracker:
         sub = self._window(w0, t, g0)
         self._extend(sub, dets, t)
         p = self.params
-        refine(sub, dets, p, maxiter=3)
+        # bounded work per frame: a few CG iterations; each point is refined in L + 1 windows
+        since = max(w0, sub.frozen_until - 1)
+        refine(sub, dets, p, maxiter=2, since=since, relax_iterations=2)
         mover = Mover(sub, dets, p)
-        mover.active = {i for i, tr in sub.tracks.items() if tr.end > sub.frozen_until}
+        self._diam = mover.diam
+        mover.active = self._active(sub, mover, t)
         mover.run_epoch()
         changed = set(mover.touched) & set(sub.tracks)
         if changed:
-            refine(sub, dets, p, ids=changed, maxiter=5)
+            refine(sub, dets, p, ids=changed, maxiter=5, relax_iterations=2)
         assign_detections(sub, dets, p)
         self._write_back(sub, w0, g0)
+
+    def _active(self, sub: Solution, mover: Mover, t: int) -> set[int]:
+        """Tracks worth moves now: started or ended in the free frames, or a jump at t."""
+        free = sub.frozen_until + 1
+        parents = sub.parent_of()
+        act: set[int] = set()
+        cand: list[Track] = []
+        for tid, tr in sub.tracks.items():
+            if tr.end < free:
+                continue
+            if tid in parents and sub.tracks[parents[tid]].start < t - 2:
+                continue  # a fusion judged over three frames already
+            if tr.end in (t - 1, free):  # just stopped, or last chance before commit:
+                act.add(tid)  # merge, fuse, cross, grow, shrink or remove it
+            elif tr.n >= 2 and tr.start < t:
+                cand.append(tr)
+        if cand:  # a jump at the newest step
+            step = np.array([np.hypot(*(tr.xy[-1] - tr.xy[-2])) for tr in cand])
+            d = np.array([mover.diam.get(tr.id, self.params.reference_diameter_nm) for tr in cand])
+            var = self.params.step_var(d) + 2.0 * self.params.localisation_px**2
+            reach = np.minimum(3.5 * np.sqrt(2.0 * var), self.params.max_step_px)
+            act.update(tr.id for tr, jump in zip(cand, step > reach, strict=True) if jump)
+        return act
 
     def _window(self, w0: int, t: int, g0: int) -> Solution:
         """Tracks of frames [w0, t] with detection rows renumbered for the window."""
@@ -181,32 +218,35 @@ class OnlineTracker:
         p = self.params
         sl = dets.rows(t)
         rows = np.arange(sl.start, sl.stop)
+        parents = sub.parent_of()
         ends = [
             tr
             for tr in sub.tracks.values()
-            if t - 1 - p.max_gap_frames <= tr.end < t and tr.end >= sub.frozen_until
+            if t - 1 - p.max_gap_frames <= tr.end < t
+            and tr.end >= sub.frozen_until
+            and tr.id not in parents
+            and (tr.det >= 0).any()
         ]
-        parents = sub.parent_of()
-        ends = [tr for tr in ends if tr.id not in parents]
-        R, C, K = [], [], []
-        for i, tr in enumerate(ends):
-            gap = t - tr.end
-            g = tr.det[tr.det >= 0]
-            anchor = int(g[-1]) if g.size else -1
-            if anchor < 0 or not rows.size:
-                continue
-            var = _link_var(dets, p, np.array([anchor])) * gap
-            d2 = ((dets.xy[rows] - tr.xy[-1]) ** 2).sum(1)
-            dv = dets.log_intensity[rows] - tr.u[-1]
-            cost = d2 / (2.0 * var) + dv * dv / (2.0 * (2.0 * p.intensity_tolerance) ** 2)
-            cost += 0.5 * (gap - 1)
-            ok = cost < _GATE
-            R += [i] * int(ok.sum())
-            C += rows[ok].tolist()
-            K += cost[ok].tolist()
+        R = C = np.zeros(0, np.int64)
+        K = np.zeros(0)
+        if ends and rows.size:
+            e_xy = np.array([tr.xy[-1] for tr in ends])
+            e_u = np.array([tr.u[-1] for tr in ends])
+            gap = np.array([t - tr.end for tr in ends], dtype=float)
+            anchor = np.array([tr.det[tr.det >= 0][-1] for tr in ends])
+            var = _link_var(dets, p, anchor) * gap
+            hits = cKDTree(dets.xy[rows]).query_ball_point(e_xy, p.max_step_px * np.sqrt(gap))
+            R = np.repeat(np.arange(len(ends)), [len(h) for h in hits])
+            C = rows[np.fromiter((j for h in hits for j in h), dtype=np.int64, count=R.size)]
+            d2 = ((dets.xy[C] - e_xy[R]) ** 2).sum(1)
+            dv = dets.log_intensity[C] - e_u[R]
+            K = d2 / (2.0 * var[R]) + dv * dv / (2.0 * (2.0 * p.intensity_tolerance) ** 2)
+            K += 0.5 * (gap[R] - 1)
+            ok = K < _GATE
+            R, C, K = R[ok], C[ok], K[ok]
         half_r = np.full(len(ends), _GATE / 2.0)
         half_c = np.full(len(dets), _GATE / 2.0)
-        ra, rc = solve_lap(np.array(R, int), np.array(C, int), np.array(K), half_r, half_c)
+        ra, rc = solve_lap(R, C, K, half_r, half_c)
         linked = set()
         for i, g in zip(ra.tolist(), rc.tolist(), strict=True):
             tr = ends[i]
@@ -267,74 +307,130 @@ class OnlineTracker:
         sol = self.sol
         sol.frozen_until = max(sol.frozen_until, c)
         self.committed_until = c
-        lo = max(0, c - self.W)
-        g0 = self._offsets[lo]
-        dets = self._dets(lo, c)
-        alive = [tr for tr in sol.tracks.values() if tr.start <= c and tr.end >= lo]
-        mini = Solution(first_frame=lo if lo else 0, last_frame=c if not final else self.t)
-        for tr in alive:
-            cut = tr.cut(lo, c)
-            cut.det = np.where(cut.det >= 0, cut.det - g0, -1)
-            mini.tracks[tr.id] = cut
-        for cid, f in sol.fusions.items():
-            if all(m in mini.tracks for m in (cid, *f.parents)):
-                mini.fusions[cid] = f
-        now = [tr.id for tr in alive if tr.end >= c]
-        for tid in sorted(now, key=lambda i: sol.tracks[i].start):
-            self._name(tid)
-        table = solution_to_table(mini, dets, ids=None)
-        table = table.select(table.frame == c)
-        if len(table):
-            table = replace(table, track_id=np.array([self._name(int(i)) for i in table.track_id]))
-        events = self._events(mini, dets, c, final)
-        return Commit(c, table, events)
+        buf = self._buf
+        alive = sorted(
+            (tr for tr in sol.tracks.values() if tr.start <= c <= tr.end),
+            key=lambda tr: (tr.start, tr.id),
+        )
+        k = np.array([c - tr.start for tr in alive], dtype=np.int64)
+        det = np.array([tr.det[i] for tr, i in zip(alive, k, strict=True)], dtype=np.int64)
+        obs = det >= 0
+        shared = obs & (np.bincount(np.where(obs, det, 0), obs, minlength=1)[det * obs] > 1)
+        own = obs & ~shared
+        diam = np.array([self._diameter(tr) for tr in alive])
+        diam[own] = buf[det[own], 2]
+        table = TrackTable(
+            frame=np.full(len(alive), c, dtype=np.int64),
+            track_id=np.array([self._name(tr.id) for tr in alive], dtype=np.int64),
+            x=np.array([tr.xy[i, 0] for tr, i in zip(alive, k, strict=True)]),
+            y=np.array([tr.xy[i, 1] for tr, i in zip(alive, k, strict=True)]),
+            diameter_nm=diam,
+            intensity=np.exp([tr.u[i] for tr, i in zip(alive, k, strict=True)]),
+            det_id=np.where(obs, buf[np.maximum(det, 0), 5], -1).astype(np.int64),
+            state=np.where(obs, "observed", "interpolated").astype(object),
+        )
+        if not len(alive):
+            table = empty_table()
+        return Commit(c, table, self._events(c))
 
-    def _events(self, mini: Solution, dets: Detections, c: int, final: bool) -> list[Event]:
-        """Events whose frame is c: births and fusions starting at c, ends just before c."""
-        p = self.params
-        mini.last_frame = c if not final else self.t
-        evs = [
-            e
-            for e in find_events(mini, dets, p, ids=_Names(self))
-            if (e.type in ("birth", "fusion") and e.frame == c and c > 0)
-            or (e.type in ("death", "exit") and e.frame == c)
-        ]
-        for e in _crossings(mini, dets, p, _diam(mini, dets), self._name):
-            if e.detail["frames"][1] == c - 1:
-                evs.append(e)
-        return evs
+    def _diameter(self, tr: Track) -> float:
+        """Typical diameter of a track (median over the window, else its last detections)."""
+        if tr.id in self._diam:
+            return self._diam[tr.id]
+        d = tr.det[tr.det >= 0][-10:]
+        return float(self._buf[d, 2].mean()) if d.size else self.params.reference_diameter_nm
+
+    def _events(self, c: int) -> list[Event]:
+        """Events decided by committing frame c: births and fusions at c, ends at c − 1."""
+        sol, p = self.sol, self.params
+        parents = sol.parent_of()
+        out: list[Event] = []
+        for tr in sol.tracks.values():
+            if tr.start == c and c > 0 and tr.id not in sol.fusions:
+                b = _border_px(tr.xy[0], p.frame_shape)
+                out.append(Event(c, "birth", str(self._name(tr.id)),
+                                 {"at_border": bool(b < p.border_margin_px)}))  # fmt: skip
+            if tr.end == c - 1 and tr.id not in parents:
+                b = _border_px(tr.xy[-1], p.frame_shape)
+                kind = "exit" if b < p.border_margin_px else "death"
+                out.append(Event(c, kind, str(self._name(tr.id)), {"border_px": round(b, 3)}))
+        for f in sol.fusions.values():
+            child = sol.tracks[f.child]
+            if child.start == c:
+                par = [sol.tracks[q] for q in sorted(f.parents)]
+                diam = {t.id: self._diameter(t) for t in (*par, child)}
+                label = "+".join(str(self._name(q.id)) for q in par)
+                out.append(Event(c, "fusion", f"{label}>{self._name(child.id)}",
+                                 _fusion_detail(par, child, diam, p)))  # fmt: skip
+        return out + self._crossing_events(c)
+
+    def _crossing_events(self, c: int) -> list[Event]:
+        """Overlaps (contact or a shared detection) that ended at c − 1, both tracks alive at c."""
+        sol, p = self.sol, self.params
+        both = [tr for tr in sol.tracks.values() if tr.start <= c - 1 and tr.end >= c]
+        if len(both) < 2:
+            return []
+        diam = np.array([self._diameter(tr) for tr in both])
+
+        def touching(f: int, i: int, j: int) -> tuple[bool, float, bool]:
+            a, b = both[i], both[j]
+            if not (a.start <= f <= a.end and b.start <= f <= b.end):
+                return False, np.inf, False
+            da, db = a.det[f - a.start], b.det[f - b.start]
+            d = float(np.hypot(*(a.xy[f - a.start] - b.xy[f - b.start])))
+            share = bool(da >= 0 and da == db)
+            return share or d < float(p.contact_px(diam[i], diam[j])), d, share
+
+        xy = np.array([tr.xy[c - 1 - tr.start] for tr in both])
+        r = float(p.contact_px(diam.max(), diam.max()))
+        fused = {frozenset(f.parents) for f in sol.fusions.values()}
+        out = []
+        for i, j in cKDTree(xy).query_pairs(r):
+            if not touching(c - 1, i, j)[0] or touching(c, i, j)[0]:
+                continue
+            if frozenset((both[i].id, both[j].id)) in fused:
+                continue
+            f, best, best_d, shared = c - 1, c - 1, np.inf, False
+            while f >= max(0, c - 1 - self.W):
+                ok, d, sh = touching(f, i, j)
+                if not ok:
+                    break
+                shared |= sh
+                if d < best_d:
+                    best, best_d = f, d
+                f -= 1
+            if f < max(both[i].start, both[j].start):
+                continue  # the overlap goes back to a start: a birth or a split, not a crossing
+            a, b = sorted((self._name(both[i].id), self._name(both[j].id)))
+            out.append(Event(best, "crossing", f"{a},{b}", {
+                "frames": [f + 1, c - 1], "min_distance_px": round(best_d, 3),
+                "superposed": shared,
+            }))  # fmt: skip
+        return out
 
     # -- global ----------------------------------------------------------------------------
-    def reoptimize(self, *, max_epochs: int | None = None) -> tuple[TrackTable, list[Event]]:
-        """Global CEM over the whole history, warm-started from the online solution."""
+    def reoptimize(
+        self, *, warm_start: bool = False, max_epochs: int | None = None
+    ) -> tuple[TrackTable, list[Event]]:
+        """Global CEM over the whole history: a new version of all tracks (ids renumbered).
+
+        By default it starts from the gated Hungarian solution, like the offline tracker: the
+        online decisions were taken with at most `commit_lag_frames` of hindsight (a crossing
+        that lasts longer looks like a fusion), and starting afresh does not inherit them.
+        `warm_start=True` starts from the online solution instead.
+        """
         dets = self.detections
         if not len(dets):
             return empty_table(), []
         p = self.params if self._fixed_params else params_from_config(self.cfg, dets)
-        init = self.sol.copy()
-        init.frozen_until = -1
-        init.last_frame = self.t
+        init = None
+        if warm_start:
+            init = self.sol.copy()
+            init.frozen_until = -1
+            init.last_frame = self.t
+            for tr in init.tracks.values():
+                tr.det = tr.det.copy()
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
-        ids = {
-            tid: k
-            for k, tid in enumerate(sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i)))
-        }
+        order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
+        ids = {tid: k for k, tid in enumerate(order)}
         return solution_to_table(sol, dets, ids=ids), find_events(sol, dets, p, ids=ids)
-
-
-class _Names:
-    """Mapping internal id → output id that allocates new names on first use."""
-
-    def __init__(self, tracker: OnlineTracker) -> None:
-        self.tracker = tracker
-
-    def __getitem__(self, tid: int) -> int:
-        return self.tracker._name(tid)
-
-
-def _diam(sol: Solution, dets: Detections) -> dict[int, float]:
-    out = {}
-    for t in sol.tracks.values():
-        d = t.det[t.det >= 0]
-        out[t.id] = float(np.median(dets.diameter_nm[d])) if d.size else np.nan
-    return out
