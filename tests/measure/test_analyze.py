@@ -207,3 +207,35 @@ def test_cli_analyze(two_images: list[Path], tmp_path: Path) -> None:
     err = result.stderr.strip().splitlines()
     assert len(err) == 2 and "missing.tif" in err[0] and "Traceback" not in result.stderr
     assert err[1].startswith("nptrack analyze: error: no image could be analysed")
+
+
+@pytest.mark.parametrize("preset", ["table1", "dense"])
+def test_sizing_and_intensity_on_simulated_images(preset: str, tmp_path: Path) -> None:
+    """The measurement stage on simulator truth: separate the union of the true masks and
+    compare equivalent diameters and integrated intensities with the simulator's."""
+    from nptrack.io.read import read_frames
+    from nptrack.measure import detect_particles
+
+    out = tmp_path / preset
+    args = ["simulate", "images", str(out), "--n", "2", "--preset", preset, "--seed", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    d_err, i_err, found = [], [], {}
+    for row in read_csv(out / "particles.csv"):
+        if row["border"] == "1" or float(row["diameter_nm"]) < 2.0:
+            continue
+        if row["image"] not in found:
+            frame = read_frames(out / "images" / f"{row['image']}.tif")[0]
+            truth = iio.imread(out / "masks" / f"{row['image']}.png") > 0
+            found[row["image"]] = detect_particles(truth.astype(np.float32), frame.data,
+                                                   pixel_size_nm=frame.pixel_size_nm)  # fmt: skip
+        particles = found[row["image"]]
+        label = particles.labels[round(float(row["y"])), round(float(row["x"]))]
+        assert label > 0
+        d_err.append(particles.columns["diameter_nm"][label - 1] / float(row["diameter_nm"]) - 1)
+        i_err.append(particles.columns["intensity"][label - 1] / float(row["intensity"]) - 1)
+    print(f"{preset}: {len(d_err)} particles >= 2 nm, median |diameter error| "
+          f"{100 * np.median(np.abs(d_err)):.1f} %, median |intensity error| "
+          f"{100 * np.median(np.abs(i_err)):.1f} %")  # fmt: skip
+    assert len(d_err) > 20
+    assert np.median(np.abs(d_err)) <= 0.05
+    assert np.median(np.abs(i_err)) <= 0.10

@@ -57,6 +57,7 @@ _STEP_PX = 0.5  # resampling step of the outline before smoothing
 _SMOOTH_PX = 1.0  # Gaussian sigma along the outline; removes the digital staircase
 _CORNER_EPS_PX = 1.0  # Douglas-Peucker tolerance to find corners
 _CORNER_TURN = np.deg2rad(55.0)  # a turn this sharp is a corner and is not smoothed over
+_MAX_CORNERS = 8
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def _smooth_contour(contour: np.ndarray) -> np.ndarray:
     if sigma < 0.1 or len(contour) < 4:
         return contour
     corners = _corners(contour)
-    if len(corners) < 2:
+    # A polygon has a few corners; a ragged outline many, and is smoothed as a whole.
+    if not 2 <= len(corners) <= _MAX_CORNERS:
         return _smooth_closed(contour, sigma)
     n = len(contour)
     pieces = []
