@@ -21,11 +21,13 @@ from nptrack.register import (
     frames_rows,
     identity,
     invert,
+    map_points,
     register,
     register_series,
+    support_mask,
 )
 from nptrack.register.incremental import _warp_mask_to
-from tests.register._scenes import Scene, frame_map
+from tests.register._scenes import Scene, blobs, frame_map
 
 SHAPE = (320, 320)
 
@@ -137,6 +139,30 @@ def test_disabled_and_explicit_anchor() -> None:
     first = anchored.update(frames[2])  # registered to the given anchor, not made the anchor
     assert first.status == "ok"
     assert field_rms(first.matrix, truths[2], shape=SHAPE) < 0.3
+
+
+def test_particle_mask_in_anchor_coordinates() -> None:
+    scene = Scene(SHAPE, seed=13, n_particles=0, dose=50.0)
+    rng = np.random.default_rng(13)
+    xy = rng.uniform(30, 290, size=(40, 2))
+    g = frame_map((9.5, -6.0), scale=(1.002, 0.998), shape=SHAPE)
+    truth = scene.truth(g)
+    glide = xy + np.array([4.0, 0.0])  # every particle glides 4 px: a false common motion
+    anchor = scene.frame(scene.g0) + 50.0 * blobs(SHAPE, xy, 3.0, 2.0)
+    moving = scene.frame(g) + 50.0 * blobs(SHAPE, map_points(glide, invert(truth)), 3.0, 2.0)
+    # What a segmentation gives: particles of frame 0 and (mapped) of the previous frame.
+    particles = (blobs(SHAPE, xy, 3.0, 1.0) > 0.05) | (blobs(SHAPE, glide, 3.0, 1.0) > 0.05)
+    masked, plain = Registrar(), Registrar()
+    for reg in (masked, plain):
+        reg.update(anchor)
+    with_mask = masked.update(moving, mask=support_mask(particles))
+    without = plain.update(moving)
+    assert field_rms(with_mask.matrix, truth, shape=SHAPE) < 0.1
+    assert not np.allclose(with_mask.matrix, without.matrix, atol=1e-6)  # the mask was used
+    ignored = Registrar(config=RegisterConfig(mask_particles=False))
+    ignored.update(anchor)
+    off = ignored.update(moving, mask=support_mask(particles))
+    np.testing.assert_allclose(off.matrix, without.matrix, atol=1e-9)
 
 
 def test_mask_follows_the_fallback_reference() -> None:

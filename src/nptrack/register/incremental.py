@@ -67,8 +67,9 @@ class FrameRegistration:
         registered, but with a lower correlation or through the fallback path.
         ``"failed"``: the previous transform was kept.
     reference : int
-        Index of the frame the pairwise registration was made against (the anchor, the
-        last registered frame, or -1 when there was nothing to register against).
+        Index of the frame the pairwise registration was made against: the anchor, the
+        last registered frame, or -1 (an anchor image given to the constructor, or
+        nothing to register against).
     detail : str
         Human-readable reason for a non-ok status.
     """
