@@ -402,6 +402,94 @@ def analyze_command(
 # (end analyze command)
 
 # --- train / export-model commands (nptrack.segment) -----------------------------------------
+def _need_torch(command: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        msg = f"{command} needs the [train] extra: pip install 'nptrack[train]'"
+        raise UserError(msg) from None
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Training TOML (configs/train/*.toml); defaults when omitted.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="ONNX model file to write (with its metadata).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override one training setting, e.g. optim.steps=500 (repeatable).",
+)
+@click.option(
+    "--checkpoint-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where last.pt / best.pt go (default: OUT.ckpt/); reruns resume from it.",
+)
+@click.option("--fresh", is_flag=True, help="Start over even if a last.pt exists.")
+@click.option(
+    "--finetune",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from the weights of this training checkpoint (.pt).",
+)
+@click.option(
+    "--supports",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of particle-free images of your support: synthetic particles are pasted on "
+    "them (fine-tuning; sets data.supports_dir).",
+)
+@friendly
+def train(
+    config_path: Path | None,
+    out: Path,
+    overrides: tuple[str, ...],
+    checkpoint_dir: Path | None,
+    fresh: bool,
+    finetune: Path | None,
+    supports: Path | None,
+) -> None:
+    """Train the segmentation U-Net on simulated data and export it to OUT (ONNX)."""
+    _need_torch("nptrack train")
+    from nptrack.segment.train import load_train_config
+    from nptrack.segment.train import train as run_training
+
+    extra = [f"data.supports_dir={json.dumps(str(supports))}"] if supports else []
+    cfg = load_train_config(config_path, [*overrides, *extra])
+    result = run_training(
+        cfg, out, checkpoint_dir=checkpoint_dir, resume=not fresh, init_from=finetune
+    )
+    click.echo(result.export.describe())
+    click.echo(
+        f"{result.steps} steps in {result.minutes:.1f} min; validation {result.val}; "
+        f"checkpoint {result.checkpoint}"
+    )
+
+
+@main.command(name="export-model")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
+@click.option("--fp16", is_flag=True, help="Float16 weights (GPU inference); I/O stay float32.")
+@friendly
+def export_model(checkpoint: Path, out: Path, fp16: bool) -> None:
+    """Export a training CHECKPOINT (.pt) to ONNX with metadata; prints torch/ORT parity."""
+    _need_torch("nptrack export-model")
+    from nptrack.segment.export import export_checkpoint
+
+    click.echo(export_checkpoint(checkpoint, out, fp16=fp16).describe())
+
+
 # (end train / export-model commands)
 
 # --- evaluate command (nptrack.evaluate, nptrack.track) --------------------------------------

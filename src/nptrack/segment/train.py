@@ -1,0 +1,361 @@
+"""Train the U-Net on batches generated on the fly, checkpoint, resume, export to ONNX.
+
+Needs the ``[train]`` extra. ``nptrack train --config configs/train/default.toml --out X.onnx``
+calls :func:`train`. Checkpoints (``last.pt`` every ``checkpoint_every`` steps, ``best.pt`` at
+the best validation Dice) go to ``<out>.ckpt/`` by default; running the same command again
+resumes from ``last.pt``. The validation set is drawn once from its own fixed seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from nptrack.config import ConfigError, apply_overrides
+from nptrack.segment.data import NORMALISATION, DataConfig, load_supports, make_batch
+from nptrack.segment.export import CHECKPOINT_FORMAT, ExportReport, export_onnx, load_checkpoint
+from nptrack.segment.model import UNet, UNetSpec, count_parameters
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainResult",
+    "dice_bce_loss",
+    "load_train_config",
+    "train",
+    "validation_set",
+]
+
+log = logging.getLogger("nptrack.segment")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """Architecture (see :class:`nptrack.segment.model.UNetSpec`) and what goes in the file."""
+
+    depth: int = Field(5, ge=2, le=7)
+    base_width: int = Field(12, ge=2)
+    max_width: int = Field(128, ge=2)
+    first_level_convs: int = Field(1, ge=1, le=2)
+    version: str = "1.0.0"
+    contrast: str = Field("both", pattern="^(bright|dark|both)$")
+    typical_diameter_px: float = Field(20.0, gt=0, description="scale target without px size")
+
+
+class OptimConfig(_Section):
+    """Optimisation, validation and checkpointing."""
+
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+    dice_weight: float = Field(1.0, ge=0)
+    seed: int = 0
+    val_seed: int = 12345
+    val_size: int = Field(48, ge=1)
+    val_every: int = Field(250, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    threads: int = Field(2, ge=1, description="torch threads")
+    workers: int = Field(1, ge=0, description="processes generating batches")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop (and export) after this; the lr schedule follows it"
+    )
+
+
+class TrainConfig(_Section):
+    """A training run: ``[model]``, ``[data]``, ``[optim]`` tables of a TOML file."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+
+    def spec(self) -> UNetSpec:
+        m = self.model
+        return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training TOML (defaults when None) with ``section.key=value`` overrides.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and key.
+    """
+    data: dict[str, Any] = {}
+    origin = "training defaults"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if overrides:
+        apply_overrides(data, overrides)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{origin}: key '{key}': {err['msg']}") from None
+
+
+def dice_bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, bce_weight: float = 1.0, dice_weight: float = 1.0
+) -> torch.Tensor:
+    """Binary cross-entropy plus soft Dice loss (1 − Dice over the whole batch).
+
+    Dice counts every particle pixel equally whatever the share of background, which keeps
+    small, sparse particles from being drowned by the background term of the BCE.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
+    return bce_weight * bce + dice_weight * (1 - dice)
+
+
+def validation_set(cfg: DataConfig, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed validation set: ``n`` samples drawn with their own seed (same mix as training)."""
+    return make_batch(cfg, n, rng=np.random.default_rng(seed), supports=load_supports(cfg))
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Endless batches; each worker process gets its own seed derived from (seed, start step)."""
+
+    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, start: int) -> None:
+        self.cfg, self.batch_size, self.seed, self.start = cfg, batch_size, seed, start
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        info = torch.utils.data.get_worker_info()
+        wid = 0 if info is None else info.id
+        rng = np.random.default_rng([self.seed, self.start, wid])
+        supports = load_supports(self.cfg)
+        while True:
+            yield make_batch(self.cfg, self.batch_size, rng=rng, supports=supports)
+
+
+@torch.no_grad()
+def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    model.eval()
+    probs = []
+    for i in range(0, len(x), 8):
+        probs.append(torch.sigmoid(model(torch.from_numpy(x[i : i + 8]))).numpy())
+    p = np.concatenate(probs)
+    best: dict[str, float] = {}
+    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
+        pred = p > thr
+        inter, union = float((pred & (y > 0.5)).sum()), float((pred | (y > 0.5)).sum())
+        dice = 2 * inter / max(float(pred.sum() + (y > 0.5).sum()), 1.0)
+        if dice > best.get("dice", -1):
+            best = {"dice": dice, "iou": inter / max(union, 1.0), "threshold": thr}
+    model.train()
+    return best
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`."""
+
+    export: ExportReport
+    steps: int
+    minutes: float
+    val: dict[str, float]
+    checkpoint: Path
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # atomic: an interrupt never leaves half a checkpoint
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train, checkpoint, export the best model to `out` (ONNX with metadata).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    out : str or Path
+        ONNX file to write.
+    checkpoint_dir : str or Path, optional
+        Default ``<out>.ckpt``; holds ``last.pt`` and ``best.pt``.
+    resume : bool
+        Continue from ``last.pt`` when present.
+    init_from : str or Path, optional
+        A checkpoint whose weights start the run (fine-tuning).
+    progress : bool
+        Show a tqdm bar.
+    """
+    out = Path(out)
+    ckdir = Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".ckpt")
+    ckdir.mkdir(parents=True, exist_ok=True)
+    o = cfg.optim
+    torch.set_num_threads(o.threads)
+    torch.manual_seed(o.seed)
+    model = UNet(cfg.spec())
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+    def lr_at(step: int, elapsed_s: float) -> float:
+        """Linear warm-up, then cosine decay to 2 % along whichever budget (steps or
+        max_minutes) is being used up faster: a run cut by time still ends annealed."""
+        if step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        t = (step - o.warmup_steps) / max(o.steps - o.warmup_steps, 1)
+        if o.max_minutes is not None:
+            t = max(t, elapsed_s / (60 * o.max_minutes))
+        return o.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
+
+    step, best_dice, elapsed, history = 0, -1.0, 0.0, []
+    last = ckdir / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step, best_dice = ck["step"], ck["best_dice"]
+        elapsed, history = ck["elapsed_s"], ck["history"]
+        log.info("resuming from %s at step %d", last, step)
+    elif init_from is not None:
+        if Path(init_from).suffix.lower() == ".onnx":
+            raise ValueError(
+                f"{init_from}: fine-tuning starts from a training checkpoint (.pt), not ONNX "
+                "(BatchNorm is folded into the exported convolutions)"
+            )
+        init_model, _ = load_checkpoint(init_from)
+        if init_model.spec != model.spec:
+            raise ValueError(
+                f"{init_from}: architecture {init_model.spec} differs from the config's "
+                f"[model] {model.spec}"
+            )
+        model.load_state_dict(init_model.state_dict())
+        log.info("initialised from %s", init_from)
+    xv, yv = validation_set(cfg.data, o.val_size, seed=o.val_seed)
+    loader = torch.utils.data.DataLoader(
+        _Batches(cfg.data, o.batch_size, o.seed, step),
+        batch_size=None,
+        num_workers=o.workers,
+        persistent_workers=o.workers > 0,
+        prefetch_factor=4 if o.workers > 0 else None,
+    )
+    n_params = count_parameters(model)
+    meta = _metadata(cfg, n_params)
+
+    def payload() -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "spec": cfg.spec().to_dict(),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "best_dice": best_dice,
+            "elapsed_s": elapsed,
+            "history": history,
+            "config": cfg.model_dump(mode="json"),
+            "metadata": meta,
+        }
+
+    model.train()
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(total=o.steps, initial=step, disable=not progress, desc="train", unit="step")
+    batches = iter(loader)
+    while step < o.steps:
+        x, y = next(batches)
+        loss = dice_bce_loss(
+            model(torch.as_tensor(x)),
+            torch.as_tensor(y),
+            bce_weight=o.bce_weight,
+            dice_weight=o.dice_weight,
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, time.perf_counter() - t0)
+        opt.step()
+        step += 1
+        elapsed = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_dice:.3f}")
+        timeout = o.max_minutes is not None and elapsed > 60 * o.max_minutes
+        if step % o.val_every == 0 or step == o.steps or timeout:
+            val = _evaluate(model, xv, yv)
+            history.append({"step": step, "loss": float(loss.item()), **val})
+            if val["dice"] > best_dice:
+                best_dice = val["dice"]
+                meta["threshold"] = val["threshold"]
+                _save(ckdir / "best.pt", {**payload(), "metadata": dict(meta)})
+            log.info("step %d val %s", step, val)
+        if step % o.checkpoint_every == 0 or step == o.steps or timeout:
+            _save(last, payload())
+        if timeout:
+            log.warning("stopping at step %d: max_minutes reached", step)
+            break
+    bar.close()
+    best_model, best_ck = load_checkpoint(ckdir / "best.pt")
+    meta = dict(best_ck["metadata"])
+    val = _evaluate(best_model, xv, yv)
+    meta["training"] = {
+        **meta["training"],
+        "steps_done": step,
+        "wall_minutes": round(elapsed / 60, 1),
+        "val": {k: round(v, 4) for k, v in val.items()},
+        "best_step": max(history, key=lambda h: h["dice"])["step"] if history else step,
+    }
+    report = export_onnx(best_model, out, metadata=meta)
+    return TrainResult(report, step, elapsed / 60, val, ckdir / "best.pt")
+
+
+def _metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "model_version": cfg.model.version,
+        "pixel_size_nm": d.pixel_size_nm,
+        "contrast": cfg.model.contrast,
+        "threshold": 0.5,
+        "normalisation": NORMALISATION,
+        "typical_diameter_px": cfg.model.typical_diameter_px,
+        "training": {
+            "parameters": n_params,
+            "steps": cfg.optim.steps,
+            "batch_size": cfg.optim.batch_size,
+            "tile_px": d.tile_px,
+            "seed": cfg.optim.seed,
+            "sim_fraction": d.sim_fraction,
+            "diameter_nm": list(d.diameter_nm),
+            "pixel_size_range": list(d.pixel_size_range),
+            "shapes_diameter_px": list(d.shapes_diameter_px),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    }
