@@ -1,0 +1,202 @@
+"""Validation numbers of a segmentation model (the ones quoted in models/README.md).
+
+Two sets, both fixed, nothing tuned per image:
+
+- simulated: ``--sim-n`` frames of 512² px from the training simulator (half ADF-STEM, half
+  BF-TEM) drawn with ``--seed`` (held out: training and its validation use other seeds), run
+  at their known pixel size. Particle-class IoU and Dice pooled over all pixels; detection F1
+  for particles ≥ 1.5 nm, a detection matching a true particle when its centre lies within
+  half the true diameter (one-to-one, Hungarian).
+- EMPS (``../shared/samples/emps``): 99 real TEM/SEM micrographs with hand-drawn instances, no
+  pixel size, both contrasts; run with ``contrast="auto"`` and the segmenter's own scale
+  estimate. Semantic Dice and instance F1 at IoU ≥ 0.5, averaged over images (and pooled).
+
+Instances are split from the thresholded map by a distance-transform watershed with h-maxima
+markers (a simple stand-in for nptrack.measure's splitting).
+
+    python tools/eval_segmentation.py --model models/nptrack-unet-v1.onnx --out eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.optimize import linear_sum_assignment
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
+
+from nptrack.segment.infer import Segmenter
+
+REPO = Path(__file__).resolve().parents[1]
+EMPS = REPO.parent / "shared" / "samples" / "emps"
+
+
+def split_instances(mask: np.ndarray, *, diameter_px: float) -> np.ndarray:
+    """Label image of particles: watershed of the distance map, h-maxima markers.
+
+    Specks below ``(diameter_px / 6)²`` px are dropped; `h` (how deep a saddle between two
+    touching particles must be to separate them) is a fifth of the typical radius.
+    """
+    mask = ndi.binary_fill_holes(mask)
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    h = max(1.0, 0.2 * diameter_px / 2)
+    markers, _ = ndi.label(h_maxima(cv2.GaussianBlur(dist, (0, 0), 1.0), h))
+    labels = watershed(-dist, markers, mask=mask)
+    lab, _n = ndi.label(mask)  # components without a marker (thin) stay whole
+    orphan = mask & (labels == 0)
+    labels[orphan] = lab[orphan] + labels.max()
+    ids, counts = np.unique(labels, return_counts=True)
+    small = ids[(counts < max(4.0, (diameter_px / 6) ** 2)) & (ids > 0)]
+    labels[np.isin(labels, small)] = 0
+    return labels
+
+
+def _match_iou(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
+    """TP, FP, FN of instances at IoU ≥ 0.5 (at most one match each, so no assignment)."""
+    t_ids = np.unique(truth[truth > 0])
+    p_ids = np.unique(pred[pred > 0])
+    if not len(t_ids) or not len(p_ids):
+        return 0, len(p_ids), len(t_ids)
+    both = (truth > 0) & (pred > 0)
+    pairs, inter = np.unique(
+        np.stack([truth[both], pred[both]]).astype(np.int64), axis=1, return_counts=True
+    )
+    t_area = dict(zip(*np.unique(truth[truth > 0], return_counts=True), strict=True))
+    p_area = dict(zip(*np.unique(pred[pred > 0], return_counts=True), strict=True))
+    tp = 0
+    for (t, p), i in zip(pairs.T, inter, strict=True):
+        if i / (t_area[t] + p_area[p] - i) >= 0.5:
+            tp += 1
+    return tp, len(p_ids) - tp, len(t_ids) - tp
+
+
+def _f1(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def eval_emps(seg: Segmenter, folder: Path) -> dict[str, Any]:
+    """Semantic Dice and instance F1 (IoU ≥ 0.5) on the EMPS test split."""
+    import imageio.v3 as iio
+
+    rows, tot = [], np.zeros(3, int)
+    inter = psum = tsum = 0
+    for path in sorted((folder / "images").glob("*.png")):
+        rgb = iio.imread(path)
+        gray = rgb[..., :3].mean(-1).astype(np.float32) if rgb.ndim == 3 else rgb
+        truth = iio.imread(folder / "segmaps" / path.name).astype(np.int64)
+        prob = seg.predict(gray, contrast="auto")
+        pred = prob > seg.threshold
+        zoom = seg.last_info["zoom"][0]
+        labels = split_instances(
+            pred, diameter_px=float(seg.metadata["typical_diameter_px"]) / zoom
+        )
+        i, p, t = int((pred & (truth > 0)).sum()), int(pred.sum()), int((truth > 0).sum())
+        inter, psum, tsum = inter + i, psum + p, tsum + t
+        tp, fp, fn = _match_iou(truth, labels)
+        tot += (tp, fp, fn)
+        rows.append(
+            {
+                "image": path.name,
+                "dice": 2 * i / max(p + t, 1),
+                "f1": _f1(tp, fp, fn),
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "zoom": round(zoom, 4),
+                "scale": seg.last_info["scale_source"],
+            }
+        )
+    return {
+        "images": len(rows),
+        "dice_mean": float(np.mean([r["dice"] for r in rows])),
+        "f1_mean": float(np.mean([r["f1"] for r in rows])),
+        "dice_pooled": 2 * inter / max(psum + tsum, 1),
+        "f1_pooled": _f1(*tot),
+        "tp_fp_fn": tot.tolist(),
+        "per_image": rows,
+    }
+
+
+def eval_simulated(seg: Segmenter, n: int, seed: int, size_px: int = 512) -> dict[str, Any]:
+    """Pixel IoU/Dice and detection F1 (≥ 1.5 nm, centre within half the diameter)."""
+    from nptrack.segment.data import DataConfig, simulate_frame
+
+    cfg = DataConfig(tile_px=size_px)
+    rng = np.random.default_rng(seed)
+    stats = {m: np.zeros(6) for m in ("adf", "bf")}  # inter, pred, truth, tp, fp, fn
+    for k in range(n):
+        modality = "adf" if k % 2 == 0 else "bf"
+        sim = simulate_frame(cfg, rng=rng, modality=modality)
+        px = sim.pixel_size_nm
+        prob = seg.predict(sim.image, pixel_size_nm=(px, px), contrast="auto")
+        pred, truth = prob > seg.threshold, sim.labels > 0
+        labels = split_instances(pred, diameter_px=1.0 / px)  # ~1 nm: splits touching ones
+        ids = np.unique(labels[labels > 0])
+        centres = np.array(ndi.center_of_mass(labels > 0, labels, ids)).reshape(-1, 2)
+        tr = sim.truth
+        inside = (tr["x"] >= -0.5) & (tr["x"] < size_px - 0.5)
+        inside &= (tr["y"] >= -0.5) & (tr["y"] < size_px - 0.5)
+        tr = tr[inside]
+        big = tr["diameter_nm"] >= 1.5
+        cost = np.hypot(
+            tr["y"][:, None] - centres[None, :, 0], tr["x"][:, None] - centres[None, :, 1]
+        )
+        ok = cost <= (tr["diameter_nm"] / px / 2)[:, None]
+        r, c = linear_sum_assignment(np.where(ok, cost, 1e9)) if ok.size else ([], [])
+        matched = [(i, j) for i, j in zip(r, c, strict=True) if ok[i, j]]
+        tp = sum(1 for i, _ in matched if big[i])
+        used = {j for _, j in matched}
+        fp = len(ids) - len(used)  # detections matched to small particles are not errors
+        fn = int(big.sum()) - tp
+        s = stats[modality]
+        s += (int((pred & truth).sum()), int(pred.sum()), int(truth.sum()), tp, fp, fn)
+    out: dict[str, Any] = {"frames": n, "size_px": size_px, "seed": seed}
+    for name, s in [*stats.items(), ("all", stats["adf"] + stats["bf"])]:
+        i, p, t, tp, fp, fn = s
+        out[name] = {
+            "iou": i / max(p + t - i, 1),
+            "dice": 2 * i / max(p + t, 1),
+            "detection_f1_ge_1p5nm": _f1(int(tp), int(fp), int(fn)),
+            "tp_fp_fn": [int(tp), int(fp), int(fn)],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v1.onnx")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout only)")
+    ap.add_argument("--sim-n", type=int, default=32, help="simulated frames (half ADF, half BF)")
+    ap.add_argument("--seed", type=int, default=2024, help="seed of the simulated set")
+    ap.add_argument("--emps", type=Path, default=EMPS, help="EMPS folder (images/, segmaps/)")
+    ap.add_argument("--skip-sim", action="store_true")
+    ap.add_argument("--skip-emps", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    seg = Segmenter.from_path(args.model, intra_op_threads=args.threads)
+    result: dict[str, Any] = {"model": str(args.model), "version": seg.metadata["model_version"]}
+    t0 = time.perf_counter()
+    if not args.skip_sim:
+        result["simulated"] = eval_simulated(seg, args.sim_n, args.seed)
+    if not args.skip_emps:
+        result["emps"] = eval_emps(seg, args.emps)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    summary = {k: v for k, v in result.items() if k != "emps"}
+    if "emps" in result:
+        summary["emps"] = {k: v for k, v in result["emps"].items() if k != "per_image"}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
