@@ -170,8 +170,14 @@ def detections_from_truth(
     shape: tuple[int, int] = SHAPE,
     pixel_size_nm: float = PX_NM,
     clip: bool = True,
+    merge_factor: float = 0.8,
 ) -> Detections:
-    """Imperfect detections of a ground truth: noise, misses, false positives, merged blobs."""
+    """Imperfect detections of a ground truth: noise, misses, false positives, merged blobs.
+
+    Particles whose centres are closer than `merge_factor` × the sum of their radii come out
+    as one blob (summed intensity, intensity-weighted centre), as a segmentation that cannot
+    split them would give.
+    """
     h, w = shape
     rows = []
     n_frames = int(truth["frame"].max()) + 1
@@ -186,7 +192,7 @@ def detections_from_truth(
                 continue
             group = [i]
             for j in range(i + 1, sel.size):
-                r = 0.4 * (d[i] + d[j]) / pixel_size_nm
+                r = 0.5 * merge_factor * (d[i] + d[j]) / pixel_size_nm
                 if not used[j] and np.hypot(*(xy[i] - xy[j])) < r:
                     group.append(j)
             used[group] = True

@@ -24,7 +24,8 @@ Energy ``E = Σ_k w_k E_k`` (weights from `nptrack.config.TrackConfig`):
   ``r_pq``, except superposed pairs (a crossing on two surfaces) and fusing parents.
 - ``E_per``: a start or end inside the field costs ``1 − exp(−b²/b0²)`` (b: distance to the
   border), scaled down for small particles (births, vanishing); sequence ends and fusions are free.
-- ``E_reg``: ``Σ_i (1 + 1/length_i)`` (a fusion child is not counted as a new track).
+- ``E_reg``: ``Σ_i (1 + 1/length_i)`` (a fusion child is not counted as a new track); each
+  fusion link costs `fusion_cost` (added to the persistence term).
 
 Everything is evaluated on a `Packed` problem: a flat, vectorised copy of some tracks in which the
 "focus" tracks carry all their terms and the others are context (exclusion partners, crossing
@@ -275,6 +276,9 @@ class EnergyParams:
     # 1/tolerance² of a detection's gain, so that a true track pays for itself, while a jump
     # of 5σ still costs several detections.
     dynamics_tolerance: float = 2.0
+    # A fusion is a rare event: its link costs this much (persistence units), so a crossing or
+    # two particles merely touching for a while are not explained by a fusion and a new birth.
+    fusion_cost: float = 1.0
     contact_factor: float = 0.7  # overlap below contact_factor·(d_p + d_q)/2 is excluded
     border_margin_px: float = 6.0  # b0 of the persistence term
     small_diameter_nm: float = 1.0  # births and vanishing are free below about this size
@@ -358,6 +362,7 @@ class Packed:
     per_p: NDArray[np.int64]  # starts / ends paying persistence
     per_a: NDArray[np.float64]
     reg: float
+    n_fusions: int = 0
 
     def energy(
         self,
@@ -499,6 +504,7 @@ class Packed:
                 add(gxy, (self.per_p, np.array([0, 1, 0, 1])[j]), dpdb * sign)
 
         terms["regularisation"] = p.weight_regularisation * self.reg
+        terms["persistence"] += p.weight_persistence * p.fusion_cost * self.n_fusions
         return float(sum(terms.values())), gxy, gu, terms
 
     def relax_intensity(
@@ -639,16 +645,16 @@ def endpoint_energy(
             pts.append(t.xy[-1])
             a.append(sf)
         reg += (0.0 if t.id in children else 1.0) + 1.0 / t.n
-    per = 0.0
+    per = params.fusion_cost * len(children)
     if pts:
         aa = np.array(a)
         if params.frame_shape is None:
-            per = float(aa.sum())
+            per += float(aa.sum())
         else:
             xy = np.array(pts)
             h, w = params.frame_shape
             bd = np.maximum(np.min(np.column_stack([xy, w - 1 - xy[:, 0], h - 1 - xy[:, 1]]), 1), 0)
-            per = float((aa * (1.0 - np.exp(-bd * bd / params.border_margin_px**2))).sum())
+            per += float((aa * (1.0 - np.exp(-bd * bd / params.border_margin_px**2))).sum())
     return params.weight_persistence * per + params.weight_regularisation * reg
 
 
@@ -790,6 +796,8 @@ def pack(
     per_p = np.concatenate([starts[ps], last_pt[pe]])
     per_a = np.concatenate([sf[ps], sf[pe]])
     reg = float((~is_child[focus_tr]).sum() + (1.0 / lens[focus_tr]).sum())
+    # fusion links touching a focus track (each counted once)
+    n_fus = fus_child.size
 
     # overlapping pairs: exclusion, or superposition (crossing on two surfaces)
     partner = np.full(P, -1, dtype=np.int64)
@@ -863,6 +871,7 @@ def pack(
         per_p=per_p.astype(np.int64),
         per_a=per_a.astype(float),
         reg=reg,
+        n_fusions=n_fus,
     )
 
 

@@ -239,23 +239,23 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
     chains = [c for c in _chains(dets, nxt) if c.size >= 4]
     if len(chains) < 3:
         return p
-    ys, ks, fs, dv = [], [], [], []
-    for c in chains:
-        f = (np.median(dets.diameter_nm[c]) / d_ref) ** p.mobility_exponent
-        dv.append(np.diff(dets.log_intensity[c]))
-        for k in (1, 2, 3):
+    # mean per-axis squared displacement at lags 1-4, normalised to the reference size
+    dv = [np.diff(dets.log_intensity[c]) for c in chains]
+    lags = np.arange(1, 5)
+    msd = []
+    for k in lags:
+        ys = []
+        for c in chains:
             if c.size > k:
+                f = (np.median(dets.diameter_nm[c]) / d_ref) ** p.mobility_exponent
                 d = dets.xy[c[k:]] - dets.xy[c[:-k]]
-                ys.append(0.5 * (d * d).sum(1))  # per-axis squared displacement
-                ks.append(np.full(c.size - k, float(k)))
-                fs.append(np.full(c.size - k, f))
-    y, k, f = np.concatenate(ys), np.concatenate(ks), np.concatenate(fs)
-    # Model y = a·k·f + 2b, fitted by least squares after trimming wrong links (top 3 %).
-    keep = y / (k * f) <= np.quantile(y / (k * f), 0.97)
-    A = np.column_stack([k * f, np.full(k.size, 2.0)])[keep]
-    (a, b), *_ = np.linalg.lstsq(A, y[keep], rcond=None)
+                ys.append(0.5 * (d * d).sum(1) / f)
+        y = np.concatenate(ys)
+        msd.append(y[y <= np.quantile(y, 0.98)].mean())  # wrong links out
+    # MSD(k) = a·k + 2b: a the Brownian variance per frame, b the localisation variance
+    (a, b2), *_ = np.linalg.lstsq(np.column_stack([lags, np.ones(lags.size)]), msd, rcond=None)
     a = float(max(a, 0.01))
-    b = float(max(b, 0.0))
+    b = float(max(b2 / 2.0, 0.0))
     sigma = float(np.sqrt(a))
     dvv = np.concatenate(dv)
     scatter = 1.4826 * float(np.median(np.abs(dvv - np.median(dvv)))) / np.sqrt(2.0)

@@ -584,8 +584,10 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
             starts: list[tuple[int, Track | None]] = [(max(c.start, sol.frozen_until + 1), None)]
             for b in tails:
                 gap = s0 - b.end
-                if b.id in (a.id, cid) or b.id in mv.touched or b.id in parents:
+                if b.id in (a.id, cid) or b.id in mv.touched:
                     continue
+                if b.id in parents and parents[b.id] != cid:
+                    continue  # b fused into something else
                 if not (2 <= gap and b.end + 1 >= c.start and b.end < s0 - 1):
                     continue
                 k = b.end + 1
@@ -604,12 +606,25 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
                 a2 = _join(mid, a, a.id)
                 rm: tuple[int, ...] = (a.id, cid)
                 fus: list[Fusion] = []
+                drop: tuple[int, ...] = ()
                 if prev is not None:
                     a2 = _join(prev, a2, prev.id)
                     a2 = Track(prev.id, a2.start, a2.xy, a2.u, a2.det)
                     rm = (*rm, prev.id)
                     fus = _retarget(sol.fusions.values(), a.id, prev.id)
-                drop = tuple(f.child for f in fus)
+                    f_c = sol.fusions.get(cid)
+                    if f_c is not None and prev.id in f_c.parents:
+                        # a fusion that was a crossing: the other parent continues as C
+                        if len(f_c.parents) != 2:
+                            continue
+                        other = sol.tracks[next(q for q in f_c.parents if q != prev.id)]
+                        if other.id in mv.touched or other.id == a.id:
+                            continue
+                        c2 = _join(other, c2, other.id)
+                        fus += _retarget(sol.fusions.values(), cid, other.id)
+                        rm = (*rm, other.id)
+                        drop = (cid,)
+                drop = (*drop, *(f.child for f in fus))
                 group.append(Move("cross", rm, (a2, c2), drop, tuple(fus), at=(k - 1, s0)))
         if group:
             yield group

@@ -1,0 +1,248 @@
+"""Tracker benchmark: speed (online window, global re-optimisation, scaling) and quality.
+
+    .venv/bin/python tools/bench_track.py --speed --quality --out bench_track.json
+
+Speed (CPU seconds of this process, and wall seconds) on a simulated population
+(`nptrack.simulate.dynamics`, 1024² px at 0.4 nm, Brownian steps ~1 px, fusions, crossings,
+births): the online window update at ~300 particles (ms per frame after warm-up) and the global
+optimisation of 500 frames × ~300 particles, plus how the global time grows with particles and
+frames. Quality on the simulator's `table1` preset (and optionally `dense`): NP-Tracker global
+and online vs a plain frame-to-frame Hungarian linker and the same linker with gap closing,
+scored by `nptrack.evaluate` (MOTA, MOTP, IDF1, IDSW, FP, FN, fusion precision / recall).
+
+Detections are made from the ground truth by `tests.track.detections_from_truth` (localisation
+noise, misses, false positives, one blob where two particles overlap): the tracker is measured
+apart from the segmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
+
+from tests.track import detections_from_truth  # noqa: E402
+
+from nptrack.config import TrackConfig  # noqa: E402
+from nptrack.evaluate.mot import evaluate  # noqa: E402
+from nptrack.simulate.dynamics import (  # noqa: E402
+    DynamicsConfig,
+    ground_truth_rows,
+    simulate_population,
+)
+from nptrack.simulate.presets import (  # noqa: E402
+    intensity_per_nm3,
+    load_preset,
+    simulate_sequence,
+)
+from nptrack.track import (  # noqa: E402
+    Detections,
+    OnlineTracker,
+    Solution,
+    TrackTable,
+    infer_fusions,
+    initial_solution,
+    params_from_config,
+    solution_to_table,
+    track_detections,
+)
+from nptrack.track.initial import _chains, _track_from_rows, link_frames  # noqa: E402
+
+NOISE = {"noise_px": 0.3, "miss": 0.01, "fp_per_frame": 0.5}
+
+
+def _cpu() -> tuple[float, float]:
+    return time.process_time(), time.perf_counter()
+
+
+def _since(t: tuple[float, float]) -> dict[str, float]:
+    return {
+        "cpu_s": round(time.process_time() - t[0], 3),
+        "wall_s": round(time.perf_counter() - t[1], 3),
+    }
+
+
+def population(n: int, frames: int, seed: int = 0) -> tuple[dict[str, np.ndarray], Detections]:
+    """A 1024² field of ~n particles over `frames` frames, and detections of it."""
+    cfg = DynamicsConfig(
+        diffusion_nm2_per_s=0.05, ripening_nm3_per_s=0.05, fusion_probability=0.05,
+        birth_rate_per_frame=0.2, birth_diameter_nm=1.6, vanish_diameter_nm=1.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    truth = simulate_population(
+        (1024, 1024), pixel_size_nm=0.4, frames=frames, n_particles=n, config=cfg, rng=rng,
+        particle_options={"bottom_fraction": 0.15, "diameter_nm": 3.2, "diameter_sd_nm": 0.8},
+    )  # fmt: skip
+    rows = ground_truth_rows(truth, intensity_per_nm3=100.0)
+    table = {k: rows[k] for k in rows.dtype.names}
+    dets = detections_from_truth(
+        table, rng, shape=truth.shape, pixel_size_nm=0.4, clip=False, **NOISE
+    )
+    return table, dets
+
+
+def bench_window(n: int, frames: int, warmup: int = 15) -> dict[str, Any]:
+    _, dets = population(n, frames)
+    ot = OnlineTracker(pixel_size_nm=dets.pixel_size_nm, frame_shape=dets.frame_shape)
+    times = []
+    for f in range(dets.n_frames):
+        r = dets.rows(f)
+        t0 = time.process_time()
+        ot.update(dets.xy[r, 0], dets.xy[r, 1], diameter_nm=dets.diameter_nm[r],
+                  intensity=dets.intensity[r], score=dets.score[r])  # fmt: skip
+        times.append(time.process_time() - t0)
+    ms = 1000.0 * np.array(times[warmup:])
+    per_frame = np.bincount(dets.frame)[warmup:]
+    return {
+        "particles_per_frame": round(float(per_frame.mean()), 1),
+        "frames": frames,
+        "window_frames": ot.W,
+        "commit_lag_frames": ot.L,
+        "update_cpu_ms": {
+            "mean": round(float(ms.mean()), 2),
+            "median": round(float(np.median(ms)), 2),
+            "p95": round(float(np.percentile(ms, 95)), 2),
+            "max": round(float(ms.max()), 2),
+        },
+    }
+
+
+def bench_global(n: int, frames: int) -> dict[str, Any]:
+    truth, dets = population(n, frames)
+    t = _cpu()
+    res = track_detections(dets)
+    out = {
+        "particles_per_frame": round(len(dets) / dets.n_frames, 1),
+        "frames": frames,
+        "positions": len(truth["frame"]),
+        **_since(t),
+    }
+    r = evaluate(truth, res.tracks.as_columns())
+    out.update({k: round(float(r[k]), 3) for k in ("mota", "idf1", "idsw", "fp", "fn")})
+    return out
+
+
+def plain_linker(dets: Detections, params: Any) -> TrackTable:
+    """Frame-to-frame gated Hungarian only (no gap closing, no CEM)."""
+    sol = Solution(first_frame=0, last_frame=dets.n_frames - 1)
+    for k, rows in enumerate(_chains(dets, link_frames(dets, params))):
+        sol.tracks[k] = _track_from_rows(k, dets, rows)
+    return solution_to_table(sol, dets)
+
+
+def _score(name: str, truth: dict, table: TrackTable, events: list, truth_ev: list) -> dict:
+    r = evaluate(truth, table.as_columns(), truth_events=truth_ev, events=events)
+    keys = ("mota", "motp", "idf1", "idsw", "fp", "fn", "mostly_tracked", "num_objects",
+            "fusion_precision", "fusion_recall")  # fmt: skip
+    return {"method": name, **{k: round(float(r[k]), 4) for k in keys}}
+
+
+def bench_quality(preset: str, seeds: list[int], merge_factor: float) -> dict[str, Any]:
+    rows_out = []
+    for seed in seeds:
+        sc = load_preset(preset)
+        rng = np.random.default_rng(seed)
+        truth, optics, _ = simulate_sequence(sc, rng=rng)
+        rows = ground_truth_rows(truth, intensity_per_nm3=intensity_per_nm3(sc, optics))
+        table = {k: rows[k] for k in rows.dtype.names}
+        truth_ev = [{"frame": e.frame, "type": e.type, "track_ids": e.track_ids}
+                    for e in truth.events]  # fmt: skip
+        dets = detections_from_truth(
+            table, rng, shape=truth.shape, pixel_size_nm=truth.pixel_size_nm, clip=False,
+            merge_factor=merge_factor, **NOISE,
+        )  # fmt: skip
+        cfg = TrackConfig()
+        p = params_from_config(cfg, dets)
+        px, shape = dets.pixel_size_nm, dets.frame_shape
+
+        def fus(tab: TrackTable) -> list:
+            return infer_fusions(tab, pixel_size_nm=px, frame_shape=shape)  # noqa: B023
+
+        t = _cpu()
+        res = track_detections(dets, config=cfg, params=p)
+        glob = _score("np-tracker global", table, res.tracks, res.events, truth_ev)
+        glob.update(_since(t))
+        ot = OnlineTracker(pixel_size_nm=px, frame_shape=shape, config=cfg)
+        commits = []
+        for f in range(dets.n_frames):
+            r = dets.rows(f)
+            c = ot.update(dets.xy[r, 0], dets.xy[r, 1], diameter_nm=dets.diameter_nm[r],
+                          intensity=dets.intensity[r], score=dets.score[r])  # fmt: skip
+            commits += [c] if c else []
+        commits += ot.finish()
+        online = TrackTable.concat([c.tracks for c in commits])
+        onl = _score("np-tracker online", table, online, [e for c in commits for e in c.events],
+                     truth_ev)  # fmt: skip
+        gap = solution_to_table(initial_solution(dets, p), dets)
+        plain = plain_linker(dets, p)
+        for r in (
+            glob,
+            onl,
+            _score("hungarian + gap closing", table, gap, fus(gap), truth_ev),
+            _score("hungarian frame-to-frame", table, plain, fus(plain), truth_ev),
+        ):
+            rows_out.append({"preset": preset, "seed": seed, **r})
+        print(f"{preset} seed {seed}: " + "; ".join(
+            f"{r['method']} MOTA {r['mota']:.2f} IDSW {r['idsw']:.0f}"
+            for r in rows_out[-4:]), file=sys.stderr)  # fmt: skip
+    means: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r["method"] for r in rows_out):
+        sel = [r for r in rows_out if r["method"] == name]
+        means[name] = {
+            k: round(float(np.mean([r[k] for r in sel])), 3)
+            for k in sel[0]
+            if isinstance(sel[0][k], float) and k not in ("seed",)
+        }
+    return {"preset": preset, "seeds": seeds, "merge_factor": merge_factor,
+            "detections": NOISE, "runs": rows_out, "mean": means}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--speed", action="store_true", help="window and global timings")
+    ap.add_argument("--scaling", action="store_true", help="global time vs particles, frames")
+    ap.add_argument("--quality", action="store_true", help="table1 scores vs baselines")
+    ap.add_argument("--dense", action="store_true", help="also the dense preset (slow)")
+    ap.add_argument("--seeds", type=int, default=5, help="simulated series per preset")
+    ap.add_argument(
+        "--merge-factor",
+        type=float,
+        default=0.8,
+        help="overlapping particles closer than this × the sum of radii are one blob",
+    )
+    ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
+    args = ap.parse_args()
+    if not (args.speed or args.scaling or args.quality):
+        args.speed = args.quality = True
+    out: dict[str, Any] = {"cpu_count_note": "CPU seconds of this process; wall seconds too"}
+    if args.speed:
+        out["window_300"] = bench_window(300, 80)
+        print("window:", out["window_300"], file=sys.stderr)
+        out["global_500x300"] = bench_global(340, 500)
+        print("global:", out["global_500x300"], file=sys.stderr)
+    if args.scaling:
+        out["scaling"] = [bench_global(n, f) for n, f in
+                          ((150, 100), (300, 100), (600, 100), (300, 200), (300, 300))]  # fmt: skip
+    if args.quality:
+        seeds = list(range(args.seeds))
+        out["quality"] = [bench_quality("table1", seeds, args.merge_factor)]
+        if args.dense:
+            out["quality"].append(bench_quality("dense", seeds[:2], args.merge_factor))
+    text = json.dumps(out, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
