@@ -180,9 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-sim", action="store_true")
     ap.add_argument("--skip-emps", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threshold", type=float, default=None, help="default: the model's")
     args = ap.parse_args(argv)
-    seg = Segmenter.from_path(args.model, intra_op_threads=args.threads)
-    result: dict[str, Any] = {"model": str(args.model), "version": seg.metadata["model_version"]}
+    seg = Segmenter.from_path(args.model, intra_op_threads=args.threads, threshold=args.threshold)
+    result: dict[str, Any] = {
+        "model": str(args.model),
+        "version": seg.metadata["model_version"],
+        "threshold": seg.threshold,
+    }
     t0 = time.perf_counter()
     if not args.skip_sim:
         result["simulated"] = eval_simulated(seg, args.sim_n, args.seed)
