@@ -173,7 +173,9 @@ def analyze_frame(
 ) -> tuple[Particles, str]:
     """Segment and measure one frame; returns the particles and the contrast used."""
     prob = segmenter.predict(frame.data, pixel_size_nm=frame.pixel_size_nm, contrast=contrast)
-    threshold = config.segment.threshold or segmenter.threshold
+    # The U-Net segmenter already carries config.segment.threshold when one is set; the
+    # classical one maps its own threshold to 0.5.
+    threshold = segmenter.threshold
     used = _used_contrast(segmenter, contrast)
     particles = detect_particles(
         prob,
@@ -400,7 +402,7 @@ def analyze(
         "particles_off_border": int(sum(int((d.columns["border"] == 0).sum()) for d in done)),
         "unit": result.unit,
         "segmenter": segmenter_name or type(segmenter).__name__,
-        "threshold": config.segment.threshold or segmenter.threshold,
+        "threshold": segmenter.threshold,
         "contrast": {d.source: d.contrast for d in done},
         "pixel_size_nm": {d.source: d.pixel_size_nm for d in done},
         "seconds_per_image": {d.source: round(d.seconds, 3) for d in done},
