@@ -14,7 +14,7 @@ from tests.track import Scene, make_scene
 def _frozen_points(ot: OnlineTracker) -> dict[tuple[int, int], tuple]:
     """(track, frame) → (x, y, u, det) for every committed point of the online state."""
     out = {}
-    for tid, t in ot.sol.tracks.items():
+    for tid, t in ot.solution.tracks.items():
         for f in range(t.start, min(t.end, ot.committed_until) + 1):
             k = f - t.start
             out[(tid, f)] = (*t.xy[k], t.u[k], int(t.det[k]))
@@ -52,7 +52,7 @@ def test_committed_frames_never_change() -> None:
     # every committed row is what the final online state holds for that frame
     for c in commits[::5]:
         assert np.all(np.diff(c.tracks.frame) == 0)
-    assert len(table) == sum(t.n for t in ot.sol.tracks.values())
+    assert len(table) == sum(t.n for t in ot.solution.tracks.values())
 
 
 def test_online_close_to_global() -> None:

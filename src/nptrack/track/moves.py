@@ -511,7 +511,8 @@ def _cross_group(
         if f_a is not None and f_a.child != cid:
             continue
         # where A goes on after the overlap: a track starting next to C, or nowhere
-        ends: list[tuple[int, Track | None]] = [(c.end, None)]
+        # only with evidence: A reappears after the overlap (a crossing is seen end to end)
+        ends: list[tuple[int, Track | None]] = []
         if heads_l:
             ok = (h_t >= e + 2) & (h_t <= c.end + 1 + p.max_gap_frames)
             for j in np.flatnonzero(ok):
@@ -581,7 +582,10 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
             ) + mv.reach_px(da, 1):
                 continue
             # where A was before the overlap: a track ending next to C, or nowhere
-            starts: list[tuple[int, Track | None]] = [(max(c.start, sol.frozen_until + 1), None)]
+            # from C's start (superposed since the first frame), or from where A'' ended
+            starts: list[tuple[int, Track | None]] = (
+                [(c.start, None)] if c.start <= sol.first_frame else []
+            )
             for b in tails:
                 gap = s0 - b.end
                 if b.id in (a.id, cid) or b.id in mv.touched:

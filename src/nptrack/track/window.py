@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from nptrack.config import TrackConfig
 from nptrack.track.cem import Mover, assign_detections, optimize, params_from_config, refine
-from nptrack.track.energy import Detections, EnergyParams, Solution, Track
+from nptrack.track.energy import Detections, EnergyParams, Fusion, Solution, Track
 from nptrack.track.events import (
     Event,
     TrackTable,
@@ -82,6 +82,10 @@ class OnlineTracker:
         self.params = params or params_from_config(self.cfg, self._dets(0, -1), estimate=False)
         self._names: dict[int, int] = {}
         self._diam: dict[int, float] = {}
+        # tracks (and their fusions) that ended before every window: kept apart so that the
+        # work per frame does not grow with the length of the series
+        self._archive: dict[int, Track] = {}
+        self._archive_fusions: dict[int, Fusion] = {}
         self.t = -1
         self.committed_until = -1
 
@@ -289,7 +293,8 @@ class OnlineTracker:
                     np.concatenate([head.det, tr.det]),
                 )
             sol.tracks[tid] = tr
-        for cid in [c for c, f in sol.fusions.items() if c in sub.tracks or c not in sol.tracks]:
+        gone = [c for c in sol.fusions if c in sub.tracks or c not in sol.tracks]
+        for cid in gone:
             sol.fusions.pop(cid)
         sol.fusions.update(sub.fusions)
         sol.next_id = max(sol.next_id, sub.next_id)
@@ -331,7 +336,26 @@ class OnlineTracker:
         )
         if not len(alive):
             table = empty_table()
-        return Commit(c, table, self._events(c))
+        events = self._events(c)
+        self._archive_before(c - self.W - 2)
+        return Commit(c, table, events)
+
+    def _archive_before(self, f: int) -> None:
+        """Move tracks that ended before frame f (and fusions into them) to the archive."""
+        sol = self.sol
+        old = [i for i, tr in sol.tracks.items() if tr.end < f]
+        for i in old:
+            self._archive[i] = sol.tracks.pop(i)
+        for c in [c for c in sol.fusions if c in self._archive]:
+            self._archive_fusions[c] = sol.fusions.pop(c)
+
+    @property
+    def solution(self) -> Solution:
+        """The whole online solution (archived and live tracks)."""
+        sol = self.sol.copy()
+        sol.tracks.update({i: t.copy() for i, t in self._archive.items()})
+        sol.fusions.update(self._archive_fusions)
+        return sol
 
     def _diameter(self, tr: Track) -> float:
         """Typical diameter of a track (median over the window, else its last detections)."""
@@ -355,8 +379,8 @@ class OnlineTracker:
                 kind = "exit" if b < p.border_margin_px else "death"
                 out.append(Event(c, kind, str(self._name(tr.id)), {"border_px": round(b, 3)}))
         for f in sol.fusions.values():
-            child = sol.tracks[f.child]
-            if child.start == c:
+            child = sol.tracks.get(f.child)
+            if child is not None and child.start == c:
                 par = [sol.tracks[q] for q in sorted(f.parents)]
                 diam = {t.id: self._diameter(t) for t in (*par, child)}
                 label = "+".join(str(self._name(q.id)) for q in par)
@@ -425,11 +449,9 @@ class OnlineTracker:
         p = self.params if self._fixed_params else params_from_config(self.cfg, dets)
         init = None
         if warm_start:
-            init = self.sol.copy()
+            init = self.solution
             init.frozen_until = -1
             init.last_frame = self.t
-            for tr in init.tracks.values():
-                tr.det = tr.det.copy()
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
         order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
         ids = {tid: k for k, tid in enumerate(order)}
