@@ -1,0 +1,336 @@
+"""Run the live pipeline: stages as threads over inproc:// ZeroMQ, results into the store.
+
+The processing steps are passed in (`Steps`), so the same plumbing runs the live `watch`,
+the offline `track` and the `demo`, and tests can drive it with simple steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from nptrack.frames import Frame
+from nptrack.pipeline.messages import Message
+from nptrack.pipeline.stages import (
+    StageThread,
+    frame_message,
+    pull_socket,
+    push_socket,
+    receive,
+    send,
+)
+from nptrack.pipeline.store import SessionStore
+
+__all__ = ["RunSummary", "Steps", "Tracker", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+Source = Callable[[Callable[[Frame], None], threading.Event], None]
+
+
+class Tracker(Protocol):
+    """What the track stage needs from a tracker."""
+
+    def update(self, frame: int, detections: dict[str, np.ndarray]) -> None: ...
+
+    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+
+    def finalize(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+
+
+@dataclass
+class Steps:
+    """The processing steps of one run.
+
+    Attributes
+    ----------
+    register : callable
+        ``register(frame) -> (matrix (2, 3), reg_cc, status)``; called in frame order by the
+        single register stage (it may keep state).
+    make_detector : callable
+        ``make_detector() -> detect``; one detector per worker (e.g. one ONNX session each).
+        ``detect(image, pixel_size_nm) -> dict of columns`` (x, y in px of the acquired frame).
+    tracker : Tracker or None
+        Fed with each frame's detections in frame-0 coordinates, in frame order.
+    """
+
+    register: Callable[[Frame], tuple[np.ndarray, float, str]]
+    make_detector: Callable[[], Callable[[np.ndarray, Any], dict[str, np.ndarray]]]
+    tracker: Tracker | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run did."""
+
+    frames_stored: int = 0
+    frames_failed: int = 0
+    detections: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    track_version: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _map_points(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a 2×3 affine map (acquired frame -> frame 0) to pixel coordinates."""
+    return (
+        matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
+        matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2],
+    )
+
+
+def run_pipeline(
+    source: Source,
+    steps: Steps,
+    store: SessionStore,
+    *,
+    workers: int = 1,
+    hwm: int = 4,
+    first_index: int = 0,
+    run_id: int | None = None,
+    source_stop: threading.Event | None = None,
+    on_frame: Callable[[dict[str, Any], RunSummary], None] | None = None,
+    publish: Callable[[Message], None] | None = None,
+) -> RunSummary:
+    """Run source → register → detect ×`workers` → track + store until the source ends.
+
+    Parameters
+    ----------
+    source : callable
+        ``source(deliver, stop)`` calls ``deliver(frame)`` for each new frame in order and
+        returns when there are no more (or when `stop` is set).
+    steps : Steps
+        Registration, detector factory, tracker.
+    store : SessionStore
+        Where each frame is committed (one transaction per frame).
+    workers : int
+        Detect workers (threads; ONNX Runtime releases the GIL).
+    hwm : int
+        High-water mark of every PUSH/PULL link (frames in flight per link).
+    first_index : int
+        Index of the first new frame (frames already in the store when resuming).
+    source_stop : threading.Event, optional
+        Set it (e.g. on Ctrl-C) to stop taking new frames; frames in flight are drained.
+    on_frame : callable, optional
+        Called in the track stage after each frame is stored (progress lines).
+    publish : callable, optional
+        Receives a 'status' message per stored frame (the dashboard PUB socket).
+
+    Returns
+    -------
+    RunSummary
+    """
+    ctx = zmq.Context()
+    tag = uuid.uuid4().hex[:8]
+    addr = {k: f"inproc://nptrack-{tag}-{k}" for k in ("frames", "registered", "detections")}
+    abort = threading.Event()
+    source_stop = source_stop or threading.Event()
+    summary = RunSummary()
+    t_start = time.monotonic()
+
+    # Bind every PULL end first: inproc requires bind before connect.
+    reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
+    trk_in = pull_socket(ctx, addr["detections"], bind=True, hwm=hwm)
+
+    def source_body(stop: threading.Event) -> None:
+        out = push_socket(ctx, addr["frames"], bind=False, hwm=hwm)
+        sent = 0
+        both = _Either(stop, source_stop)
+
+        def deliver(frame: Frame) -> None:
+            nonlocal sent
+            fields = {
+                "index": first_index + sent,
+                "source": frame.source,
+                "time_s": frame.time_s,
+                "pixel_size_nm": frame.pixel_size_nm,
+                "t_complete": time.time(),
+            }
+            if send(out, frame_message("frame", fields, frame.data), stop):
+                sent += 1
+
+        try:
+            source(deliver, both)
+            send(out, Message("end", {"n_frames": sent}), stop)
+        finally:
+            out.close(linger=0)
+
+    def register_body(stop: threading.Event) -> None:
+        # Bound PUSH: each detect worker connects its own PULL (sockets are not thread-safe).
+        out = push_socket(ctx, addr["registered"], bind=True, hwm=hwm)
+        try:
+            while (msg := receive(reg_in, stop)) is not None:
+                if msg.kind == "end":
+                    for _ in range(workers):  # every worker may forward one; the first counts
+                        send(out, msg, stop)
+                    return
+                f = msg.fields
+                frame = Frame(
+                    np.asarray(msg.arrays["image"]),
+                    tuple(f["pixel_size_nm"]) if f["pixel_size_nm"] else None,
+                    f["index"],
+                    f["time_s"],
+                    f["source"],
+                )
+                try:
+                    matrix, cc, status = steps.register(frame)
+                except Exception as exc:  # one bad frame must not stop the series
+                    log.warning("registration of frame %s failed: %s", f["index"], exc)
+                    matrix, cc, status = np.eye(2, 3), float("nan"), "failed"
+                fields = {**f, "matrix": np.asarray(matrix).tolist(), "reg_cc": cc}
+                fields["status"] = status
+                send(out, frame_message("registered", fields, msg.arrays["image"]), stop)
+        finally:
+            out.close(linger=0)
+
+    def detect_body(stop: threading.Event) -> None:
+        out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
+        det_in = pull_socket(ctx, addr["registered"], bind=False, hwm=hwm)
+        try:
+            detect = steps.make_detector()
+            while (msg := receive(det_in, stop)) is not None:
+                if msg.kind == "end":
+                    send(out, msg, stop)
+                    continue  # keep serving: other frames may still be queued here
+                f = dict(msg.fields)
+                image = np.asarray(msg.arrays["image"])
+                try:
+                    dets = detect(image, f["pixel_size_nm"])
+                except Exception as exc:
+                    log.warning("detection in frame %s failed: %s", f["index"], exc)
+                    f["status"], f["error"] = "failed", str(exc)
+                    dets = {}
+                if dets and len(dets.get("x", ())):
+                    matrix = np.asarray(f["matrix"])
+                    dets = dict(dets)
+                    dets["x"], dets["y"] = _map_points(matrix, dets["x"], dets["y"])
+                    if f["pixel_size_nm"]:
+                        dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
+                        dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]
+                f["height"], f["width"] = image.shape
+                send(
+                    out, Message("detections", f, {k: np.asarray(v) for k, v in dets.items()}), stop
+                )
+        finally:
+            det_in.close(linger=0)
+            out.close(linger=0)
+
+    def track_body(stop: threading.Event) -> None:
+        pending: dict[int, Message] = {}
+        expected: int | None = None
+        next_index = first_index
+        while expected is None or next_index < first_index + expected:
+            msg = receive(trk_in, stop)
+            if msg is None:
+                return
+            if msg.kind == "end":
+                expected = msg.fields["n_frames"] if expected is None else expected
+                continue
+            pending[msg.fields["index"]] = msg  # workers may deliver out of order
+            while next_index in pending:
+                _store_frame(pending.pop(next_index))
+                next_index += 1
+        if steps.tracker is not None:
+            tracks, events = steps.tracker.finalize()
+            summary.track_version = store.add_tracks(
+                tracks, events, kind="global", last_frame=next_index - 1
+            )
+
+    def _store_frame(msg: Message) -> None:
+        f = msg.fields
+        matrix = np.asarray(f["matrix"])
+        px = f["pixel_size_nm"]
+        row = {
+            "frame": f["index"],
+            "time_s": f["time_s"],
+            "source": f["source"],
+            "pixel_size_nm": None if not px else float(np.sqrt(px[0] * px[1])),
+            "a11": matrix[0, 0],
+            "a12": matrix[0, 1],
+            "tx": matrix[0, 2],
+            "a21": matrix[1, 0],
+            "a22": matrix[1, 1],
+            "ty": matrix[1, 2],
+            "reg_cc": f["reg_cc"],
+            "status": f["status"],
+            "height": f["height"],
+            "width": f["width"],
+        }
+        dets = msg.arrays
+        store.add_frame(row, dets, run_id=run_id)
+        if steps.tracker is not None and f["status"] != "failed":
+            steps.tracker.update(f["index"], dict(dets))
+        summary.frames_stored += 1
+        summary.frames_failed += f["status"] == "failed"
+        summary.detections += len(dets.get("det_id", ()))
+        latency = time.time() - f["t_complete"]
+        summary.latencies_s.append(latency)
+        if "error" in f:
+            summary.problems.append(f"{f['source']}: {f['error']}")
+        if on_frame is not None:
+            on_frame(
+                {**row, "n_detections": len(dets.get("det_id", ())), "latency_s": latency}, summary
+            )
+        if publish is not None:
+            publish(Message("status", {**row, "n_detections": len(dets.get("det_id", ()))}))
+
+    threads = [
+        StageThread("source", source_body, abort),
+        StageThread("register", register_body, abort),
+        *(StageThread(f"detect-{k}", detect_body, abort) for k in range(workers)),
+    ]
+    tracker_thread = StageThread("track", track_body, abort)
+    try:
+        for t in [tracker_thread, *threads]:
+            t.start()
+        while tracker_thread.is_alive():
+            tracker_thread.join(0.2)
+    except KeyboardInterrupt:
+        source_stop.set()  # stop taking frames; what is in flight drains and is stored
+        while tracker_thread.is_alive():
+            tracker_thread.join(0.2)
+    finally:
+        abort.set()  # the tracker is done (or failed): release the other stages
+        errors = []
+        for t in [tracker_thread, *threads]:
+            t.join(10)
+            if t.error is not None:
+                errors.append(t)
+        for sock in (reg_in, trk_in):
+            sock.close(linger=0)
+        ctx.term()
+    summary.wall_s = time.monotonic() - t_start
+    if errors:
+        first = errors[0]
+        raise RuntimeError(f"stage {first.stage} failed: {first.error}") from first.error
+    return summary
+
+
+class _Either:
+    """An Event-like view that is set when either of two events is set."""
+
+    def __init__(self, a: threading.Event, b: threading.Event) -> None:
+        self._a, self._b = a, b
+
+    def is_set(self) -> bool:
+        return self._a.is_set() or self._b.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._b.wait(0.05)
+        return True
+
+    def set(self) -> None:
+        self._b.set()

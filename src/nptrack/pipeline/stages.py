@@ -1,0 +1,114 @@
+"""Pipeline stages as threads connected by ZeroMQ PUSH/PULL sockets.
+
+    source ──> register ──> detect ×N ──> track + store ──PUB──> dashboards
+
+Every stage is a `StageThread`: a loop with a stop event whose exception is kept and
+re-raised in the main thread by `StageThread.join_and_raise` (LiberTEM-live style). A failure
+while processing *one frame* does not stop the stage: the frame travels on marked ``failed``
+with the reason, so the tracker's count of frames stays exact and the session goes on.
+
+The END message carries the number of frames sent; the track stage finishes when it has
+stored that many, whatever order the detect workers delivered them in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from nptrack.pipeline.messages import Message, decode, encode
+
+__all__ = ["POLL_MS", "StageThread", "pull_socket", "push_socket"]
+
+log = logging.getLogger(__name__)
+POLL_MS = 100  # how often a blocked stage looks at its stop event
+
+
+def push_socket(ctx: zmq.Context, address: str, *, bind: bool, hwm: int) -> zmq.Socket:
+    """A PUSH socket with a small send high-water mark (back-pressure) and linger 0."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(address) if bind else sock.connect(address)
+    return sock
+
+
+def pull_socket(ctx: zmq.Context, address: str, *, bind: bool, hwm: int) -> zmq.Socket:
+    """A PULL socket with a small receive high-water mark and linger 0."""
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(address) if bind else sock.connect(address)
+    return sock
+
+
+def send(sock: zmq.Socket, message: Message, stop: threading.Event) -> bool:
+    """Send, waiting on back-pressure but giving up when `stop` is set; False if stopped."""
+    parts = encode(message)
+    while not stop.is_set():
+        if sock.poll(POLL_MS, zmq.POLLOUT):
+            sock.send_multipart(parts, copy=False)
+            return True
+    return False
+
+
+def receive(sock: zmq.Socket, stop: threading.Event) -> Message | None:
+    """Receive the next message, or None once `stop` is set."""
+    while not stop.is_set():
+        if sock.poll(POLL_MS, zmq.POLLIN):
+            return decode(sock.recv_multipart(copy=False))
+    return None
+
+
+class StageThread(threading.Thread):
+    """A pipeline stage running `body(stop)` in a thread; errors are kept for the caller.
+
+    Parameters
+    ----------
+    name : str
+        Stage name for logs and errors.
+    body : callable
+        ``body(stop_event)``; returns when done or when the event is set.
+    stop : threading.Event
+        Shared by all stages of one run; set by any stage that fails.
+    """
+
+    def __init__(
+        self, name: str, body: Callable[[threading.Event], None], stop: threading.Event
+    ) -> None:
+        super().__init__(name=f"nptrack-{name}", daemon=True)
+        self.stage = name
+        self._body = body
+        self.stop_event = stop
+        self.error: BaseException | None = None
+        self.error_trace = ""
+
+    def run(self) -> None:
+        try:
+            self._body(self.stop_event)
+        except BaseException as exc:  # kept and re-raised in the main thread
+            self.error = exc
+            self.error_trace = traceback.format_exc()
+            log.error("stage %s failed: %s", self.stage, exc)
+            self.stop_event.set()  # stop the whole run cleanly rather than hang
+
+    def join_and_raise(self, timeout: float | None = None) -> None:
+        """Join; re-raise the stage's exception in the caller's thread."""
+        self.join(timeout)
+        if self.is_alive():
+            raise RuntimeError(f"stage {self.stage} did not stop within {timeout} s")
+        if self.error is not None:
+            raise RuntimeError(f"stage {self.stage} failed: {self.error}") from self.error
+
+
+def frame_message(kind: str, fields: dict[str, Any], image: np.ndarray | None) -> Message:
+    """A message about one frame, optionally carrying its image."""
+    arrays = {} if image is None else {"image": image}
+    return Message(kind, {**fields, "t_sent": time.time()}, arrays)
