@@ -401,6 +401,7 @@ def analyze_command(
 
 # (end analyze command)
 
+
 # --- train / export-model commands (nptrack.segment) -----------------------------------------
 def _need_torch(command: str) -> None:
     try:
@@ -491,6 +492,7 @@ def export_model(checkpoint: Path, out: Path, fp16: bool) -> None:
 
 
 # (end train / export-model commands)
+
 
 # --- evaluate command (nptrack.evaluate, nptrack.track) --------------------------------------
 @main.command()
