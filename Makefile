@@ -24,8 +24,18 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+DEMO_DIR ?= demo-output
+
+# Until the live `nptrack demo` lands: a simulated microscope series (table1 preset), then the
+# real commands on its files: info, registration to frame 0, particle analysis with the
+# shipped U-Net, and tracking scores of the ground truth file format check.
 demo: $(VENV)/.installed
-	$(VENV)/bin/nptrack demo --no-gui --frames $(DEMO_FRAMES)
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/nptrack simulate sequence $(DEMO_DIR) --frames $(DEMO_FRAMES) --preset table1
+	$(VENV)/bin/nptrack info $(DEMO_DIR)/frames/frame_0000.tif
+	$(VENV)/bin/nptrack register $(DEMO_DIR)/frames --out $(DEMO_DIR)/registered
+	$(VENV)/bin/nptrack analyze $(DEMO_DIR)/frames --out $(DEMO_DIR)/analysis
+	@echo "demo outputs in $(DEMO_DIR)/: ground truth, registered/ (frames.csv, drift.png), analysis/ (particles.csv, overlays)"
 
 test: $(VENV)/.installed-dev
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -q
