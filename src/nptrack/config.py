@@ -74,7 +74,7 @@ class RegisterConfig(_Stage):
 class SegmentConfig(_Stage):
     """U-Net inference through ONNX Runtime."""
 
-    model_path: str = Field("models/nptrack-unet.onnx", description="relative to the repo root")
+    model_path: str = Field("models/nptrack-unet-v1.onnx", description="relative to the repo root")
     threshold: float | None = Field(None, gt=0, lt=1, description="None: from model metadata")
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     tile_px: int = Field(1024, ge=64)
