@@ -23,7 +23,8 @@ class Frame:
     index : int
         Frame index within its series, counted from 0.
     time_s : float or None
-        Acquisition time in seconds (relative to the series start where known).
+        Acquisition time as POSIX seconds where the file records it (readers take clock times
+        without a zone as UTC); exports make it relative to the series start.
     source : str
         File the frame came from (with ``#k`` appended for the k-th frame of a stack).
     meta : dict
