@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from nptrack.measure.props import DETECTION_COLUMNS as MEASURE_COLUMNS
+from nptrack.register.incremental import FRAMES_COLUMNS
+
 __all__ = [
     "DETECTION_COLUMNS",
     "EVENT_COLUMNS",
@@ -26,40 +29,9 @@ __all__ = [
     "SessionStore",
 ]
 
-FRAME_COLUMNS = (
-    "frame",
-    "time_s",
-    "source",
-    "pixel_size_nm",
-    "a11",
-    "a12",
-    "tx",
-    "a21",
-    "a22",
-    "ty",
-    "reg_cc",
-    "status",
-)
-DETECTION_COLUMNS = (
-    "frame",
-    "det_id",
-    "x",
-    "y",
-    "x_nm",
-    "y_nm",
-    "area_nm2",
-    "diameter_nm",
-    "feret_min_nm",
-    "feret_max_nm",
-    "perimeter_nm",
-    "circularity",
-    "convexity",
-    "intensity",
-    "background",
-    "score",
-    "separated",
-    "border",
-)
+# The data contract's columns are defined where they are computed.
+FRAME_COLUMNS = FRAMES_COLUMNS
+DETECTION_COLUMNS = ("frame", "det_id", *MEASURE_COLUMNS)
 TRACK_COLUMNS = ("frame", "track_id", "x", "y", "diameter_nm", "intensity", "det_id", "state")
 EVENT_COLUMNS = ("frame", "type", "track_ids", "detail")
 
