@@ -105,6 +105,11 @@ class MeasureConfig(_Stage):
         1.0, gt=0, description="distance maxima this far above their saddle seed a particle"
     )
     intensity_margin_px: int = Field(2, ge=0, description="intensity integrated this far out")
+    reject_opposite_contrast: bool = Field(
+        True,
+        description="drop regions darker (bright particles) or brighter (dark particles) than "
+        "their local background: pores and holes found by a two-contrast model",
+    )
     classic_threshold: Literal["otsu", "li"] = "otsu"
     classic_smooth_px: float = Field(2.0, ge=0, description="denoising before the threshold")
 
@@ -127,6 +132,9 @@ class TrackConfig(_Stage):
     weight_exclusion: float = Field(2.0, ge=0)
     weight_persistence: float = Field(0.5, ge=0)
     weight_regularisation: float = Field(0.5, ge=0)
+    min_detection_score: float = Field(
+        0.6, ge=0, le=1, description="detections of lower mean probability are not tracked"
+    )
     cg_iterations: int = Field(30, ge=1, description="conjugate-gradient iterations per round")
     max_epochs: int = Field(15, ge=1, description="rounds of jump moves (global optimisation)")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from nptrack.config import MeasureConfig
 from nptrack.measure.props import DETECTION_COLUMNS, measure_particles
@@ -20,6 +21,7 @@ from nptrack.measure.split import SplitResult, clean_mask, split_particles
 __all__ = [
     "DETECTION_COLUMNS",
     "Particles",
+    "centre_in_field",
     "detect_particles",
     "measure_particles",
     "min_areas_px",
@@ -99,8 +101,57 @@ def detect_particles(
     Particles
     """
     config = config or MeasureConfig()
-    speck, hole, marker = min_areas_px(config, pixel_size_nm)
+    speck, hole, _ = min_areas_px(config, pixel_size_nm)
     mask = clean_mask(np.asarray(probability) > threshold, min_area_px=speck, max_hole_px=hole)
+    labels, columns = _split_and_measure(mask, image, probability, pixel_size_nm, contrast, config)
+    if config.reject_opposite_contrast and image is not None and columns["label"].size:
+        # Intensity is counted positive for the particles' contrast: a region at or below its
+        # local background has the other polarity (a pore in ADF, a hole in BF). A particle
+        # touching a pore is merged with it into such a region: keep the region's pixels of
+        # the particles' polarity (against its background ring) and measure again.
+        bad = ~(np.nan_to_num(columns["intensity"], nan=1.0) > 0)
+        if bad.any():
+            sign = _polarity(image, mask, contrast)
+            smooth = ndi.gaussian_filter(np.asarray(image, dtype=np.float64), 1.0)
+            bg = np.zeros(bad.size + 1)
+            bg[1:] = np.nan_to_num(columns["background"], nan=0.0)
+            in_bad = np.zeros(bad.size + 1, dtype=bool)
+            in_bad[1:] = bad
+            wrong = in_bad[labels] & (sign * (smooth - bg[labels]) <= 0)
+            mask = clean_mask(mask & ~wrong, min_area_px=speck, max_hole_px=hole)
+            labels, columns = _split_and_measure(
+                mask, image, probability, pixel_size_nm, contrast, config
+            )
+            keep = np.nan_to_num(columns["intensity"], nan=1.0) > 0
+            if not keep.all():
+                relabel = np.zeros(keep.size + 1, dtype=labels.dtype)
+                relabel[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+                labels = relabel[labels]
+                columns = {k: v[keep] for k, v in columns.items()}
+                columns["label"] = np.arange(1, int(keep.sum()) + 1)
+    return Particles(labels, columns)
+
+
+def _polarity(image: np.ndarray, mask: np.ndarray, contrast: str) -> float:
+    """+1 for bright particles, -1 for dark ('auto': median inside vs outside the mask)."""
+    if contrast in ("bright", "dark"):
+        return 1.0 if contrast == "bright" else -1.0
+    img = np.asarray(image)
+    inside, outside = img[mask], img[~mask]
+    if not inside.size or not outside.size:
+        return 1.0
+    return 1.0 if np.median(inside) >= np.median(outside) else -1.0
+
+
+def _split_and_measure(
+    mask: np.ndarray,
+    image: np.ndarray | None,
+    probability: np.ndarray,
+    pixel_size_nm: tuple[float, float] | None,
+    contrast: str,
+    config: MeasureConfig,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    _, _, marker = min_areas_px(config, pixel_size_nm)
     split: SplitResult = split_particles(
         mask,
         method=config.split,
@@ -113,10 +164,46 @@ def detect_particles(
         image,
         probability,
         pixel_size_nm=pixel_size_nm,
-        contrast=contrast,
+        contrast=contrast,  # type: ignore[arg-type]
         background_ring_px=config.background_ring_px,
         intensity_margin_px=config.intensity_margin_px,
         convexity_threshold=config.convexity_threshold,
         separated=split.separated,
     )
-    return Particles(split.labels, columns)
+    return split.labels, columns
+
+
+def centre_in_field(labels: np.ndarray) -> np.ndarray:
+    """Whether each particle's centre lies inside the image, also for particles cut by the border.
+
+    A disk cut by a straight border has its centre inside exactly when the visible depth
+    (extent across the border) is at least half its extent along the border; the same test
+    is applied to every border the particle touches.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        0 = background, 1..N = particles.
+
+    Returns
+    -------
+    ndarray of bool, shape (N,)
+    """
+    labels = np.asarray(labels)
+    height, width = labels.shape
+    n = int(labels.max(initial=0))
+    inside = np.ones(n, dtype=bool)
+    for i, sl in enumerate(ndi.find_objects(labels)):
+        if sl is None:
+            continue
+        r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        rows, cols = r1 - r0, c1 - c0
+        for touches, depth, along in (
+            (c0 == 0, cols, rows),
+            (c1 == width, cols, rows),
+            (r0 == 0, rows, cols),
+            (r1 == height, rows, cols),
+        ):
+            if touches and depth < along / 2:
+                inside[i] = False
+    return inside

@@ -26,6 +26,7 @@ from nptrack.pipeline.stages import (
     push_socket,
     receive,
     send,
+    serve_detect,
 )
 from nptrack.pipeline.store import SessionStore
 
@@ -37,13 +38,16 @@ Source = Callable[[Callable[[Frame], None], threading.Event], None]
 
 
 class Tracker(Protocol):
-    """What the track stage needs from a tracker."""
+    """What the track stage needs from a tracker (it stores its own results).
+
+    ``update`` is called once per stored frame, in frame order, failed frames included (with
+    no detections) so that frame numbers stay aligned; ``finish`` once at the end of the
+    source, returning the number of the final track version (or None).
+    """
 
     def update(self, frame: int, detections: dict[str, np.ndarray]) -> None: ...
 
-    def snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
-
-    def finalize(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
+    def finish(self) -> int | None: ...
 
 
 @dataclass
@@ -80,14 +84,6 @@ class RunSummary:
     problems: list[str] = field(default_factory=list)
 
 
-def _map_points(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply a 2×3 affine map (acquired frame -> frame 0) to pixel coordinates."""
-    return (
-        matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
-        matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2],
-    )
-
-
 def run_pipeline(
     source: Source,
     steps: Steps,
@@ -100,6 +96,7 @@ def run_pipeline(
     source_stop: threading.Event | None = None,
     on_frame: Callable[[dict[str, Any], RunSummary], None] | None = None,
     publish: Callable[[Message], None] | None = None,
+    detect_addresses: tuple[str, str] | None = None,
 ) -> RunSummary:
     """Run source → register → detect ×`workers` → track + store until the source ends.
 
@@ -124,6 +121,10 @@ def run_pipeline(
         Called in the track stage after each frame is stored (progress lines).
     publish : callable, optional
         Receives a 'status' message per stored frame (the dashboard PUB socket).
+    detect_addresses : (str, str), optional
+        Endpoints to bind instead of inproc:// for the register → detect PUSH and the
+        detect → track PULL (e.g. ``tcp://0.0.0.0:5555``, ``tcp://0.0.0.0:5556``), so that
+        `nptrack stage detect` processes on other hosts share the work; `workers` may be 0.
 
     Returns
     -------
@@ -132,6 +133,8 @@ def run_pipeline(
     ctx = zmq.Context()
     tag = uuid.uuid4().hex[:8]
     addr = {k: f"inproc://nptrack-{tag}-{k}" for k in ("frames", "registered", "detections")}
+    if detect_addresses is not None:  # remote detect stages may join over tcp://
+        addr["registered"], addr["detections"] = detect_addresses
     abort = threading.Event()
     source_stop = source_stop or threading.Event()
     summary = RunSummary()
@@ -140,6 +143,8 @@ def run_pipeline(
     # Bind every PULL end first: inproc requires bind before connect.
     reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
     trk_in = pull_socket(ctx, addr["detections"], bind=True, hwm=hwm)
+    if detect_addresses is not None:
+        addr["detections"] = trk_in.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def source_body(stop: threading.Event) -> None:
         out = push_socket(ctx, addr["frames"], bind=False, hwm=hwm)
@@ -170,8 +175,13 @@ def run_pipeline(
         try:
             while (msg := receive(reg_in, stop)) is not None:
                 if msg.kind == "end":
-                    for _ in range(workers):  # every worker may forward one; the first counts
-                        send(out, msg, stop)
+                    # Straight to the tracker, which counts frames: it does not matter how many
+                    # detect workers (local or remote) there are or in which order they finish.
+                    end_out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
+                    try:
+                        send(end_out, msg, stop)
+                    finally:
+                        end_out.close(linger=0)
                     return
                 f = msg.fields
                 frame = Frame(
@@ -196,30 +206,7 @@ def run_pipeline(
         out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
         det_in = pull_socket(ctx, addr["registered"], bind=False, hwm=hwm)
         try:
-            detect = steps.make_detector()
-            while (msg := receive(det_in, stop)) is not None:
-                if msg.kind == "end":
-                    send(out, msg, stop)
-                    continue  # keep serving: other frames may still be queued here
-                f = dict(msg.fields)
-                image = np.asarray(msg.arrays["image"])
-                try:
-                    dets = detect(image, f["pixel_size_nm"])
-                except Exception as exc:
-                    log.warning("detection in frame %s failed: %s", f["index"], exc)
-                    f["status"], f["error"] = "failed", str(exc)
-                    dets = {}
-                if dets and len(dets.get("x", ())):
-                    matrix = np.asarray(f["matrix"])
-                    dets = dict(dets)
-                    dets["x"], dets["y"] = _map_points(matrix, dets["x"], dets["y"])
-                    if f["pixel_size_nm"]:
-                        dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
-                        dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]
-                f["height"], f["width"] = image.shape
-                send(
-                    out, Message("detections", f, {k: np.asarray(v) for k, v in dets.items()}), stop
-                )
+            serve_detect(det_in, out, steps.make_detector(), stop)
         finally:
             det_in.close(linger=0)
             out.close(linger=0)
@@ -240,10 +227,7 @@ def run_pipeline(
                 _store_frame(pending.pop(next_index))
                 next_index += 1
         if steps.tracker is not None:
-            tracks, events = steps.tracker.finalize()
-            summary.track_version = store.add_tracks(
-                tracks, events, kind="global", last_frame=next_index - 1
-            )
+            summary.track_version = steps.tracker.finish()
 
     def _store_frame(msg: Message) -> None:
         f = msg.fields
@@ -267,8 +251,8 @@ def run_pipeline(
         }
         dets = msg.arrays
         store.add_frame(row, dets, run_id=run_id)
-        if steps.tracker is not None and f["status"] != "failed":
-            steps.tracker.update(f["index"], dict(dets))
+        if steps.tracker is not None:
+            steps.tracker.update(f["index"], {} if f["status"] == "failed" else dict(dets))
         summary.frames_stored += 1
         summary.frames_failed += f["status"] == "failed"
         summary.detections += len(dets.get("det_id", ()))

@@ -25,7 +25,7 @@ import zmq
 
 from nptrack.pipeline.messages import Message, decode, encode
 
-__all__ = ["POLL_MS", "StageThread", "pull_socket", "push_socket"]
+__all__ = ["POLL_MS", "StageThread", "map_points", "pull_socket", "push_socket", "serve_detect"]
 
 log = logging.getLogger(__name__)
 POLL_MS = 100  # how often a blocked stage looks at its stop event
@@ -112,3 +112,51 @@ def frame_message(kind: str, fields: dict[str, Any], image: np.ndarray | None) -
     """A message about one frame, optionally carrying its image."""
     arrays = {} if image is None else {"image": image}
     return Message(kind, {**fields, "t_sent": time.time()}, arrays)
+
+
+def map_points(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply a 2×3 affine map (acquired frame -> frame 0) to pixel coordinates."""
+    return (
+        matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
+        matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2],
+    )
+
+
+def serve_detect(
+    det_in: zmq.Socket,
+    out: zmq.Socket,
+    detect: Callable[[np.ndarray, Any], dict[str, np.ndarray]],
+    stop: threading.Event,
+) -> int:
+    """The detect stage: registered frames in, detections in frame-0 pixels out.
+
+    Runs until `stop` is set (a detect worker keeps serving: frames of one run, or of many
+    runs for a remote `nptrack stage detect`). A frame whose detection fails travels on
+    marked failed with the reason. Returns the number of frames handled.
+    """
+    handled = 0
+    while (msg := receive(det_in, stop)) is not None:
+        if msg.kind == "end":  # older protocol peers forward END through the workers
+            send(out, msg, stop)
+            continue
+        f = dict(msg.fields)
+        image = np.asarray(msg.arrays["image"])
+        t0 = time.perf_counter()
+        try:
+            dets = detect(image, f["pixel_size_nm"])
+        except Exception as exc:
+            log.warning("detection in frame %s failed: %s", f["index"], exc)
+            f["status"], f["error"] = "failed", str(exc)
+            dets = {}
+        f["detect_s"] = time.perf_counter() - t0
+        if dets and len(dets.get("x", ())):
+            matrix = np.asarray(f["matrix"])
+            dets = dict(dets)
+            dets["x"], dets["y"] = map_points(matrix, dets["x"], dets["y"])
+            if f["pixel_size_nm"]:
+                dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
+                dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]
+        f["height"], f["width"] = image.shape
+        send(out, Message("detections", f, {k: np.asarray(v) for k, v in dets.items()}), stop)
+        handled += 1
+    return handled

@@ -173,24 +173,47 @@ class SessionStore:
                 (time.time(), kind, last_frame),
             )
             version = int(cur.lastrowid)
-            self._db.executemany(
-                "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(version, *(_py(t.get(c)) for c in TRACK_COLUMNS)) for t in tracks],
-            )
-            self._db.executemany(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        version,
-                        _py(e["frame"]),
-                        e["type"],
-                        e["track_ids"],
-                        json.dumps(e.get("detail", {}), default=float),
-                    )
-                    for e in events
-                ],
-            )
+            self._insert_tracks(version, tracks, events)
         return version
+
+    def append_tracks(
+        self,
+        version: int,
+        tracks: Iterable[Mapping[str, Any]],
+        events: Iterable[Mapping[str, Any]] = (),
+        *,
+        last_frame: int,
+    ) -> None:
+        """Add rows to an existing version (the online tracker's commits, frame by frame)."""
+        with self._db:
+            self._insert_tracks(version, tracks, events)
+            self._db.execute(
+                "UPDATE track_versions SET last_frame = ? WHERE version = ?", (last_frame, version)
+            )
+
+    def _insert_tracks(
+        self,
+        version: int,
+        tracks: Iterable[Mapping[str, Any]],
+        events: Iterable[Mapping[str, Any]],
+    ) -> None:
+        self._db.executemany(
+            "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(version, *(_py(t.get(c)) for c in TRACK_COLUMNS)) for t in tracks],
+        )
+        self._db.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+            [
+                (
+                    version,
+                    _py(e["frame"]),
+                    e["type"],
+                    e["track_ids"],
+                    json.dumps(e.get("detail", {}), default=float),
+                )
+                for e in events
+            ],
+        )
 
     # -- reading ----------------------------------------------------------------------------
     def sources(self) -> set[str]:
@@ -200,6 +223,10 @@ class SessionStore:
     def n_frames(self) -> int:
         """Number of stored frames."""
         return int(self._db.execute("SELECT COUNT(*) FROM frames").fetchone()[0])
+
+    def n_detections(self) -> int:
+        """Number of stored detections."""
+        return int(self._db.execute("SELECT COUNT(*) FROM detections").fetchone()[0])
 
     def frames(self) -> list[dict[str, Any]]:
         """All frame rows in frame order."""
@@ -215,9 +242,35 @@ class SessionStore:
         cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
         return [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in cur]
 
-    def latest_version(self) -> int | None:
-        """Newest track version, or None."""
-        return self._db.execute("SELECT MAX(version) FROM track_versions").fetchone()[0]
+    def latest_version(self, kind: str | None = None) -> int | None:
+        """Newest track version (of one `kind`: 'online', 'global' ...), or None."""
+        if kind is None:
+            return self._db.execute("SELECT MAX(version) FROM track_versions").fetchone()[0]
+        return self._db.execute(
+            "SELECT MAX(version) FROM track_versions WHERE kind = ?", (kind,)
+        ).fetchone()[0]
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every track version: version, created_at, kind, last_frame (oldest first)."""
+        cur = self._db.execute(
+            "SELECT version, created_at, kind, last_frame FROM track_versions ORDER BY version"
+        )
+        return [
+            dict(zip(("version", "created_at", "kind", "last_frame"), r, strict=True)) for r in cur
+        ]
+
+    def frame_row(self, frame: int) -> dict[str, Any] | None:
+        """One frame's row (the `FRAME_COLUMNS` plus height, width), or None."""
+        cols = (*FRAME_COLUMNS, "height", "width")
+        row = self._db.execute(
+            f"SELECT {', '.join(cols)} FROM frames WHERE frame = ?", (frame,)
+        ).fetchone()
+        return None if row is None else dict(zip(cols, row, strict=True))
+
+    def frame_shape(self) -> tuple[int, int] | None:
+        """(height, width) of frame 0 in px, or None before the first frame."""
+        row = self._db.execute("SELECT height, width FROM frames ORDER BY frame LIMIT 1").fetchone()
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     def tracks(self, version: int | None = None) -> list[dict[str, Any]]:
         """Track rows of `version` (default: newest) in (track_id, frame) order."""

@@ -224,16 +224,26 @@ class FolderWatcher:
         *,
         period_s: float = 0.2,
         use_observer: bool = True,
+        idle_s: float | None = None,
     ) -> None:
-        """Scan until `stop` is set, passing every new frame to `deliver` (in order)."""
+        """Scan until `stop` is set, passing every new frame to `deliver` (in order).
+
+        With `idle_s`, also return once no new frame has come for `idle_s` seconds (counted
+        from the start, then from the last frame).
+        """
         if use_observer:
             self.start_observer()
+        last_frame_at = self._clock()
         try:
             while not stop.is_set():
                 for frame in self.scan():
                     deliver(frame)
+                    last_frame_at = self._clock()
                     if stop.is_set():
                         break
+                if idle_s is not None and self._clock() - last_frame_at >= idle_s:
+                    log.info("no new frame for %g s: finishing", idle_s)
+                    return
                 stop.wait(period_s)
         finally:
             self.stop_observer()

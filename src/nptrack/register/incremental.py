@@ -105,6 +105,10 @@ class Registrar:
         Model, pyramid, ECC stopping rule, working size and status thresholds.
     anchor : ndarray, shape (H, W), optional
         Reference image; by default the first frame given to `update` becomes the anchor.
+    initial_matrix : ndarray, shape (2, 3), optional
+        Starting guess for the first `update` (a resumed series: the last stored transform).
+    start_index : int
+        Index of the first frame given to `update` (a resumed series continues its count).
 
     Examples
     --------
@@ -115,14 +119,19 @@ class Registrar:
     """
 
     def __init__(
-        self, *, config: RegisterConfig | None = None, anchor: np.ndarray | None = None
+        self,
+        *,
+        config: RegisterConfig | None = None,
+        anchor: np.ndarray | None = None,
+        initial_matrix: np.ndarray | None = None,
+        start_index: int = 0,
     ) -> None:
         self.config = config if config is not None else RegisterConfig()
         self._anchor: Pyramid | None = None
         self._anchor_index = -1
         self._previous: tuple[int, Pyramid, np.ndarray] | None = None  # last registered frame
-        self._matrix = identity()  # last accepted transform
-        self._count = 0
+        self._matrix = identity() if initial_matrix is None else np.array(initial_matrix, float)
+        self._count = int(start_index)
         if anchor is not None:
             self._anchor = self._pyramid(anchor)
 

@@ -1,0 +1,280 @@
+"""The track stage of a session: online NP-Tracker, background global re-optimisation, store.
+
+`SessionTracker` is fed each stored frame's detections (frame-0 pixels) in frame order. It
+runs the sliding-window `OnlineTracker`, appends each committed frame to the session's
+``online`` track version, and every ``reoptimize_every_frames`` frames starts a global
+re-optimisation of the whole history in a *separate process* (the CEM is pure Python: in a
+thread it would hold the GIL and slow the live chain). When that finishes, its result is
+stored as a new ``global`` version; the live pipeline never waits for it. `finish` commits the
+last frames and runs the final global re-optimisation (waiting for it).
+
+A resumed session rebuilds the tracker by replaying the stored detections (`replay`): the
+online tracker is deterministic, so the replayed commits equal those of the crashed run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from nptrack.config import TrackConfig
+from nptrack.pipeline.store import SessionStore
+from nptrack.track import Detections, Event, OnlineTracker, TrackTable, track_detections
+
+__all__ = ["SessionTracker", "event_rows", "global_tracks", "table_rows", "tracker_input"]
+
+log = logging.getLogger(__name__)
+
+_TRACK_INPUT = ("x", "y", "diameter_nm", "intensity", "score", "det_id")
+
+
+def table_rows(table: TrackTable) -> list[dict[str, Any]]:
+    """tracks.csv rows of a `TrackTable` (det_id None where the tracker interpolated)."""
+    cols = table.as_columns()
+    rows = []
+    for i in range(len(table)):
+        row = {k: v[i].item() if isinstance(v[i], np.generic) else v[i] for k, v in cols.items()}
+        if row["det_id"] < 0:
+            row["det_id"] = None
+        rows.append(row)
+    return rows
+
+
+def event_rows(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """events.csv rows of tracker events."""
+    return [
+        {"frame": e.frame, "type": e.type, "track_ids": e.track_ids, "detail": e.detail}
+        for e in events
+    ]
+
+
+def global_tracks(
+    columns: Mapping[str, np.ndarray],
+    *,
+    pixel_size_nm: float,
+    frame_shape: tuple[int, int] | None,
+    n_frames: int,
+    config: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Global CEM over a whole series: (tracks rows, events rows).
+
+    Plain arguments so that it runs in a worker process.
+
+    Parameters
+    ----------
+    columns : mapping of str to ndarray, each of shape (N,)
+        ``frame, x, y`` (frame-0 px), ``diameter_nm, intensity, score, det_id``.
+    pixel_size_nm : float
+    frame_shape : (height, width) in px, optional
+    n_frames : int
+        Frames of the series (frames without detections count).
+    config : dict
+        `TrackConfig` fields.
+    """
+    cfg = TrackConfig.model_validate(config)
+    if not len(columns["frame"]):
+        return [], []
+    dets = Detections.from_arrays(
+        columns["frame"],
+        columns["x"],
+        columns["y"],
+        diameter_nm=columns["diameter_nm"],
+        intensity=columns["intensity"],
+        score=columns["score"],
+        det_id=columns["det_id"],
+        pixel_size_nm=pixel_size_nm,
+        frame_shape=frame_shape,
+        n_frames=n_frames,
+    )
+    result = track_detections(dets, config=cfg)
+    return table_rows(result.tracks), event_rows(result.events)
+
+
+def tracker_input(
+    detections: Mapping[str, np.ndarray], *, min_score: float = 0.0
+) -> dict[str, np.ndarray]:
+    """Tracker input columns of one frame's detections.
+
+    Missing scores are 1; detections scoring below `min_score` are left out; intensities are
+    kept positive (they enter the energy as logarithms: a particle measured at or below its
+    local background is given a small positive mass instead).
+    """
+    n = len(detections.get("x", ()))
+    out = {}
+    for key in _TRACK_INPUT:
+        v = detections.get(key)
+        out[key] = np.ones(n) if v is None else np.asarray(v, dtype=float)
+    out["score"] = np.nan_to_num(out["score"], nan=1.0)
+    keep = out["score"] >= min_score
+    out = {k: v[keep] for k, v in out.items()}
+    out["intensity"] = np.nan_to_num(out["intensity"], nan=0.0)
+    floor = max(1e-6, 1e-3 * float(np.median(out["intensity"]))) if keep.any() else 1.0
+    out["intensity"] = np.maximum(out["intensity"], floor)
+    out["diameter_nm"] = np.nan_to_num(out["diameter_nm"], nan=1.0)
+    return out
+
+
+class SessionTracker:
+    """Tracker of a live session; see the module docstring.
+
+    Parameters
+    ----------
+    store : SessionStore
+        Where commits and new track versions go (written from the calling thread only).
+    config : TrackConfig
+    pixel_size_nm : float
+        Pixel size of frame 0 (geometric mean of y and x), nm.
+    frame_shape : (height, width) in px
+        Field of frame 0.
+    background : bool
+        Run periodic global re-optimisations in a worker process (False: none until
+        `finish`, e.g. offline `track`).
+    on_version : callable, optional
+        Called with ``(version, kind)`` whenever a track version is stored.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        config: TrackConfig,
+        *,
+        pixel_size_nm: float,
+        frame_shape: tuple[int, int],
+        background: bool = True,
+        on_version: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.pixel_size_nm = float(pixel_size_nm)
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.online = OnlineTracker(
+            pixel_size_nm=self.pixel_size_nm, frame_shape=self.frame_shape, config=config
+        )
+        self.version = store.add_tracks([], kind="online", last_frame=-1)
+        self.background = background
+        self.on_version = on_version
+        self._columns: dict[str, list[np.ndarray]] = {k: [] for k in ("frame", *_TRACK_INPUT)}
+        self._n_frames = 0
+        self._pool: ProcessPoolExecutor | None = None
+        self._future: Future | None = None
+        self._future_frames = 0
+        self.global_versions: list[int] = []
+
+    # -- feeding ----------------------------------------------------------------------------
+    def update(self, frame: int, detections: Mapping[str, np.ndarray]) -> None:
+        """Detections of the next frame (frame-0 px); commits and versions go to the store."""
+        if frame != self._n_frames:
+            raise ValueError(f"tracker expected frame {self._n_frames}, got {frame}")
+        self._feed(frame, detections, store_commit=True)
+        self._collect()
+        every = self.config.reoptimize_every_frames
+        if self.background and self._n_frames % every == 0 and self._future is None:
+            self._submit()
+
+    def replay(self, frames: Iterable[tuple[int, Mapping[str, np.ndarray]]]) -> int:
+        """Rebuild the state from stored frames (a resumed session); returns frames replayed."""
+        n = 0
+        for frame, dets in frames:
+            if frame != self._n_frames:
+                raise ValueError(f"replay expected frame {self._n_frames}, got {frame}")
+            self._feed(frame, dets, store_commit=True)
+            n += 1
+        return n
+
+    def _feed(
+        self, frame: int, detections: Mapping[str, np.ndarray], *, store_commit: bool
+    ) -> None:
+        cols = tracker_input(detections, min_score=self.config.min_detection_score)
+        self._columns["frame"].append(np.full(len(cols["x"]), frame, dtype=np.int64))
+        for k in _TRACK_INPUT:
+            self._columns[k].append(cols[k])
+        self._n_frames += 1
+        commit = self.online.update(
+            cols["x"],
+            cols["y"],
+            diameter_nm=cols["diameter_nm"],
+            intensity=cols["intensity"],
+            score=cols["score"],
+            det_id=cols["det_id"].astype(np.int64),
+        )
+        if commit is not None and store_commit:
+            self._store_commits([commit])
+
+    def _store_commits(self, commits: list[Any]) -> None:
+        rows, events = [], []
+        for c in commits:
+            rows += table_rows(c.tracks)
+            events += event_rows(c.events)
+        if commits:
+            self.store.append_tracks(self.version, rows, events, last_frame=commits[-1].frame)
+
+    # -- global re-optimisation ---------------------------------------------------------------
+    def columns(self) -> dict[str, np.ndarray]:
+        """All detections fed so far, as tracker input columns."""
+        return {
+            k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64 if k == "frame" else float)
+            for k, v in self._columns.items()
+        }
+
+    def _args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (self.columns(),), {
+            "pixel_size_nm": self.pixel_size_nm,
+            "frame_shape": self.frame_shape,
+            "n_frames": self._n_frames,
+            "config": self.config.model_dump(),
+        }
+
+    def _submit(self) -> None:
+        if self._pool is None:
+            # spawn: forking a process that runs ZeroMQ and ONNX Runtime threads is unsafe.
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        args, kwargs = self._args()
+        self._future = self._pool.submit(global_tracks, *args, **kwargs)
+        self._future_frames = self._n_frames
+        log.info("global re-optimisation of %d frames started", self._n_frames)
+
+    def _collect(self, *, wait: bool = False) -> None:
+        if self._future is None or not (wait or self._future.done()):
+            return
+        future, self._future = self._future, None
+        try:
+            rows, events = future.result()
+        except Exception as exc:  # a failed re-optimisation must not stop the session
+            log.warning("background global re-optimisation failed: %s", exc)
+            return
+        self._add_global(rows, events, self._future_frames - 1)
+
+    def _add_global(
+        self, rows: list[dict[str, Any]], events: list[dict[str, Any]], last: int
+    ) -> int:
+        version = self.store.add_tracks(rows, events, kind="global", last_frame=last)
+        self.global_versions.append(version)
+        log.info("track version %d: global re-optimisation of frames 0-%d", version, last)
+        if self.on_version is not None:
+            self.on_version(version, "global")
+        return version
+
+    def finish(self) -> int | None:
+        """Commit the remaining frames, run the final global re-optimisation; its version."""
+        self._store_commits(self.online.finish())
+        self.close()  # superseded by the final re-optimisation below
+        if not self._n_frames:
+            return None
+        args, kwargs = self._args()
+        rows, events = global_tracks(*args, **kwargs)
+        return self._add_global(rows, events, self._n_frames - 1)
+
+    def close(self) -> None:
+        """Stop a background re-optimisation that is still running (no result stored)."""
+        self._future = None
+        if self._pool is not None:
+            # A running CEM cannot be interrupted; end its process so exit does not wait.
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
