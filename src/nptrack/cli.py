@@ -577,5 +577,8 @@ def evaluate(
 # (end evaluate command)
 
 
+# The live pipeline's commands (watch, demo, track, reoptimize, stage) register themselves.
+from nptrack import cli_live as _cli_live  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

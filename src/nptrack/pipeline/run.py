@@ -133,8 +133,10 @@ def run_pipeline(
     ctx = zmq.Context()
     tag = uuid.uuid4().hex[:8]
     addr = {k: f"inproc://nptrack-{tag}-{k}" for k in ("frames", "registered", "detections")}
+    bind = dict(addr)
     if detect_addresses is not None:  # remote detect stages may join over tcp://
-        addr["registered"], addr["detections"] = detect_addresses
+        bind["registered"], bind["detections"] = detect_addresses
+        addr["registered"], addr["detections"] = (_local(a) for a in detect_addresses)
     abort = threading.Event()
     source_stop = source_stop or threading.Event()
     summary = RunSummary()
@@ -142,9 +144,7 @@ def run_pipeline(
 
     # Bind every PULL end first: inproc requires bind before connect.
     reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
-    trk_in = pull_socket(ctx, addr["detections"], bind=True, hwm=hwm)
-    if detect_addresses is not None:
-        addr["detections"] = trk_in.getsockopt_string(zmq.LAST_ENDPOINT)
+    trk_in = pull_socket(ctx, bind["detections"], bind=True, hwm=hwm)
 
     def source_body(stop: threading.Event) -> None:
         out = push_socket(ctx, addr["frames"], bind=False, hwm=hwm)
@@ -171,7 +171,7 @@ def run_pipeline(
 
     def register_body(stop: threading.Event) -> None:
         # Bound PUSH: each detect worker connects its own PULL (sockets are not thread-safe).
-        out = push_socket(ctx, addr["registered"], bind=True, hwm=hwm)
+        out = push_socket(ctx, bind["registered"], bind=True, hwm=hwm)
         try:
             while (msg := receive(reg_in, stop)) is not None:
                 if msg.kind == "end":
@@ -297,6 +297,11 @@ def run_pipeline(
         first = errors[0]
         raise RuntimeError(f"stage {first.stage} failed: {first.error}") from first.error
     return summary
+
+
+def _local(address: str) -> str:
+    """The address this process connects to for an endpoint it binds (any interface)."""
+    return address.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
 
 
 class _Either:

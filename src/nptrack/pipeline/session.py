@@ -38,6 +38,7 @@ __all__ = [
     "make_register_step",
     "reoptimize_session",
     "run_session",
+    "serve_detect_stage",
     "stored_frames",
 ]
 
@@ -281,6 +282,8 @@ def run_session(
     on_status: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     make_detector: Callable[[], Callable[[np.ndarray, Any], dict[str, np.ndarray]]] | None = None,
+    detect_addresses: tuple[str, str] | None = None,
+    workers: int | None = None,
 ) -> SessionResult:
     """Run (or resume) a session: source → register → detect → track + store, then export.
 
@@ -310,6 +313,11 @@ def run_session(
         Set it to stop taking new frames; what is in flight is stored, then the run finishes.
     make_detector : callable, optional
         Detector factory (default: the U-Net of ``config.segment``).
+    detect_addresses : (str, str), optional
+        tcp:// endpoints to bind for remote detect stages (`nptrack stage detect`): frames
+        out, detections in.
+    workers : int, optional
+        Local detect workers (default ``pipeline.detect_workers``; 0 with remote stages).
     """
     session_dir = Path(session_dir)
     say = on_status or (lambda msg: log.info(msg))
@@ -337,7 +345,8 @@ def run_session(
                 _calibrated(source, pixel_size_nm),
                 steps,
                 store,
-                workers=config.pipeline.detect_workers,
+                workers=config.pipeline.detect_workers if workers is None else workers,
+                detect_addresses=detect_addresses,
                 hwm=config.pipeline.high_water_mark,
                 first_index=resumed,
                 run_id=run_id,
@@ -345,11 +354,9 @@ def run_session(
                 on_frame=on_frame,
                 publish=None if publisher is None else publisher.send,
             )
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # a stage failed: one line (the cause with --debug)
             cause = exc.__cause__
-            if isinstance(cause, (SessionError, ValueError, OSError)):
-                raise SessionError(str(cause)) from cause
-            raise
+            raise SessionError(str(cause) if isinstance(cause, SessionError) else str(exc)) from exc
         say(f"stored {summary.frames_stored} new frame(s); exporting")
         exports = export_session(store, session_dir, formats=export_formats, summary=summary)
         return SessionResult(
@@ -360,6 +367,40 @@ def run_session(
         if publisher is not None:
             publisher.close()
         store.close()
+
+
+def serve_detect_stage(
+    frames_address: str,
+    detections_address: str,
+    *,
+    config: Config,
+    stop: threading.Event,
+    on_ready: Callable[[str], None] | None = None,
+) -> int:
+    """A detect stage in its own process (e.g. on a GPU host) for a session elsewhere.
+
+    Connects a PULL to `frames_address` (the session's registered frames) and a PUSH to
+    `detections_address` (its tracker) and serves until `stop` is set; returns the frames
+    handled. The same code as the in-process workers (`serve_detect`).
+    """
+    import zmq
+
+    from nptrack.pipeline.stages import pull_socket, push_socket, serve_detect
+
+    hwm = config.pipeline.high_water_mark
+    detect = make_detector_factory(config)()
+    ctx = zmq.Context()
+    det_in = pull_socket(ctx, frames_address, bind=False, hwm=hwm)
+    out = push_socket(ctx, detections_address, bind=False, hwm=hwm)
+    try:
+        if on_ready is not None:
+            on_ready(f"detect stage: frames from {frames_address}, results to "
+                     f"{detections_address}")  # fmt: skip
+        return serve_detect(det_in, out, detect, stop)
+    finally:
+        det_in.close(linger=0)
+        out.close(linger=0)
+        ctx.term()
 
 
 def reoptimize_session(
