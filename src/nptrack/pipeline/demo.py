@@ -33,6 +33,7 @@ class DemoResult:
     out_dir: Path
     session: SessionResult
     scores: dict[str, float]
+    read_errors: int  # files the watcher took for complete but could not read (should be 0)
 
 
 def run_demo(
@@ -122,4 +123,4 @@ def run_demo(
         events=read_events_csv(out / "session" / "events.csv"),
     )
     write_json(out / "session" / "evaluation.json", scores)
-    return DemoResult(out, session, scores)
+    return DemoResult(out, session, scores, watcher.read_errors)

@@ -46,8 +46,7 @@ class Publisher:
             raise
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._lock = threading.Lock()
-        self.sent = 0
-        self.dropped = 0
+        self.sent = 0  # handed to ZeroMQ (which drops, per subscriber, beyond the HWM)
 
     @classmethod
     def open(cls, address: str, *, notify: Callable[[str], None]) -> Publisher | None:
@@ -61,14 +60,13 @@ class Publisher:
         return pub
 
     def send(self, message: Message) -> bool:
-        """Publish without blocking; False when dropped (no room in the queue)."""
+        """Publish without blocking (a subscriber that does not keep up misses messages)."""
         parts = encode(message)
         with self._lock:
             try:
                 self._sock.send_multipart([message.kind.encode(), *parts], flags=zmq.NOBLOCK,
                                           copy=False)  # fmt: skip
-            except zmq.Again:
-                self.dropped += 1
+            except zmq.Again:  # PUB drops silently at the HWM; kept for other socket options
                 return False
             self.sent += 1
             return True

@@ -259,6 +259,10 @@ class SessionTracker:
             self.on_version(version, "global")
         return version
 
+    def wait_background(self) -> None:
+        """Wait for a running background re-optimisation and store its version."""
+        self._collect(wait=True)
+
     def finish(self) -> int | None:
         """Commit the remaining frames, run the final global re-optimisation; its version."""
         self._store_commits(self.online.finish())

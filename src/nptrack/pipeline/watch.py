@@ -87,6 +87,7 @@ class FolderWatcher:
         self._observer = None
         self._last_rescan = -float("inf")
         self.problems: list[WatchProblem] = []
+        self.read_errors = 0  # files found truncated by the reader after the completeness check
 
     # -- watchdog ---------------------------------------------------------------------------
     def _wanted(self, path: Path) -> bool:
@@ -196,10 +197,11 @@ class FolderWatcher:
             try:
                 frames = read_frames(path)
             except IncompleteFileError as exc:
+                self.read_errors += 1
                 if now - state.first_seen > self.config.give_up_s:
                     self._report(path, state, exc.reason)
                 continue
-            except ReadError as exc:
+            except ReadError as exc:  # not an image, unsupported, corrupt: refused, not half-read
                 self._report(path, state, exc.reason)
                 continue
             new = [f for f in frames[state.frames_taken :] if f.source not in self._taken]
