@@ -26,16 +26,12 @@ install-dev: $(VENV)/.installed-dev
 
 DEMO_DIR ?= demo-output
 
-# Until the live `nptrack demo` lands: a simulated microscope series (table1 preset), then the
-# real commands on its files: info, registration to frame 0, particle analysis with the
-# shipped U-Net, and tracking scores of the ground truth file format check.
+# The live demo: a simulated microscope writes a table1 series (with ground truth) into
+# $(DEMO_DIR)/frames at a cadence while `nptrack watch`'s pipeline runs on it with the shipped
+# model; a progress line per frame, then a summary and the scores against the truth.
 demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR)
-	$(VENV)/bin/nptrack simulate sequence $(DEMO_DIR) --frames $(DEMO_FRAMES) --preset table1
-	$(VENV)/bin/nptrack info $(DEMO_DIR)/frames/frame_0000.tif
-	$(VENV)/bin/nptrack register $(DEMO_DIR)/frames --out $(DEMO_DIR)/registered
-	$(VENV)/bin/nptrack analyze $(DEMO_DIR)/frames --out $(DEMO_DIR)/analysis
-	@echo "demo outputs in $(DEMO_DIR)/: ground truth, registered/ (frames.csv, drift.png), analysis/ (particles.csv, overlays)"
+	$(VENV)/bin/nptrack demo --frames $(DEMO_FRAMES) --no-gui --out $(DEMO_DIR)
 
 test: $(VENV)/.installed-dev
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/python -m pytest -q

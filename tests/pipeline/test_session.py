@@ -157,26 +157,39 @@ def test_bad_files_are_reported_and_the_session_goes_on(
         assert result.stderr.count(f"skipped {acq / name}") == 1, (name, result.stderr)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while choosing, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_remote_detect_stage_gives_the_same_detections(
     series: Path, tracked: Path, tmp_path: Path
 ) -> None:
-    addrs = f"tcp://127.0.0.1:{_free_port()},tcp://127.0.0.1:{_free_port()}"
-    stage = subprocess.Popen(_cli("stage", "detect", "--connect", addrs),
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    addrs = ",".join(f"tcp://127.0.0.1:{port}" for port in _free_ports(2))
+    log = (tmp_path / "stage.log").open("w+")
+    stage = subprocess.Popen(_cli("stage", "detect", "--connect", addrs), stderr=log, text=True)
     try:
+        deadline = time.monotonic() + 120
+        while "detect stage: frames from" not in (tmp_path / "stage.log").read_text():
+            assert stage.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "stage.log"
+            ).read_text()
+            time.sleep(0.1)
         out = tmp_path / "out"
         result = CliRunner().invoke(main, ["track", str(series / "frames"), "--out", str(out),
                                            "--workers", "0", "--detect-bind", addrs])  # fmt: skip
         assert result.exit_code == 0, result.output
     finally:
         stage.send_signal(signal.SIGTERM)
-        _, err = stage.communicate(timeout=60)
+        stage.wait(timeout=60)
+    err = (tmp_path / "stage.log").read_text()
     assert stage.returncode == 0, err
     assert f"stopped after {N_FRAMES} frame(s)" in err  # every frame went through the stage
     ref, got = _rows(tracked / "detections.csv"), _rows(out / "detections.csv")

@@ -25,6 +25,7 @@ from nptrack.pipeline.stages import (
     pull_socket,
     push_socket,
     receive,
+    receive_within,
     send,
     serve_detect,
 )
@@ -144,7 +145,19 @@ def run_pipeline(
 
     # Bind every PULL end first: inproc requires bind before connect.
     reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
-    trk_in = pull_socket(ctx, bind["detections"], bind=True, hwm=hwm)
+    try:  # bound here, used by the register thread: a busy port is an error before anything runs
+        reg_out = push_socket(ctx, bind["registered"], bind=True, hwm=hwm)
+    except zmq.ZMQError as exc:
+        reg_in.close(linger=0)
+        ctx.term()
+        raise RuntimeError(f"cannot bind {bind['registered']}: {exc}") from exc
+    try:
+        trk_in = pull_socket(ctx, bind["detections"], bind=True, hwm=hwm)
+    except zmq.ZMQError as exc:
+        reg_in.close(linger=0)
+        reg_out.close(linger=0)
+        ctx.term()
+        raise RuntimeError(f"cannot bind {bind['detections']}: {exc}") from exc
 
     def source_body(stop: threading.Event) -> None:
         out = push_socket(ctx, addr["frames"], bind=False, hwm=hwm)
@@ -166,22 +179,25 @@ def run_pipeline(
         try:
             source(deliver, both)
             send(out, Message("end", {"n_frames": sent}), stop)
+            stop.wait()  # until the tracker is done: nothing queued here is dropped
         finally:
             out.close(linger=0)
 
     def register_body(stop: threading.Event) -> None:
         # Bound PUSH: each detect worker connects its own PULL (sockets are not thread-safe).
-        out = push_socket(ctx, bind["registered"], bind=True, hwm=hwm)
+        out = reg_out
+        # Connected now, long before END: a tcp:// connection is made asynchronously, and a
+        # message queued on a socket closed with linger 0 before it connects is lost.
+        end_out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
         try:
             while (msg := receive(reg_in, stop)) is not None:
                 if msg.kind == "end":
                     # Straight to the tracker, which counts frames: it does not matter how many
                     # detect workers (local or remote) there are or in which order they finish.
-                    end_out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
-                    try:
-                        send(end_out, msg, stop)
-                    finally:
-                        end_out.close(linger=0)
+                    send(end_out, msg, stop)
+                    # Keep both sockets open until the tracker is done: frames still queued
+                    # for a remote detect stage would be lost by closing with linger 0.
+                    stop.wait()
                     return
                 f = msg.fields
                 frame = Frame(
@@ -201,6 +217,7 @@ def run_pipeline(
                 send(out, frame_message("registered", fields, msg.arrays["image"]), stop)
         finally:
             out.close(linger=0)
+            end_out.close(linger=0)
 
     def detect_body(stop: threading.Event) -> None:
         out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
@@ -216,9 +233,13 @@ def run_pipeline(
         expected: int | None = None
         next_index = first_index
         while expected is None or next_index < first_index + expected:
-            msg = receive(trk_in, stop)
+            msg = receive_within(trk_in, stop, 30.0)
             if msg is None:
-                return
+                if stop.is_set():
+                    return
+                if workers == 0:
+                    log.warning("no detections for 30 s: is an `nptrack stage detect` connected?")
+                continue
             if msg.kind == "end":
                 expected = msg.fields["n_frames"] if expected is None else expected
                 continue

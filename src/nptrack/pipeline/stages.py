@@ -67,6 +67,15 @@ def receive(sock: zmq.Socket, stop: threading.Event) -> Message | None:
     return None
 
 
+def receive_within(sock: zmq.Socket, stop: threading.Event, timeout_s: float) -> Message | None:
+    """Like `receive`, but also None after `timeout_s` without a message."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        if sock.poll(POLL_MS, zmq.POLLIN):
+            return decode(sock.recv_multipart(copy=False))
+    return None
+
+
 class StageThread(threading.Thread):
     """A pipeline stage running `body(stop)` in a thread; errors are kept for the caller.
 

@@ -1,0 +1,168 @@
+"""Live pipeline speed: latency and throughput per frame size, memory over a long run (JSON).
+
+Frames come from the simulator (the table1 ADF-STEM scene at the shipped model's pixel size,
+0.2 nm/px, so that an N² frame is N² pixels through the network; the particle density of
+table1), written as TIFF files, then fed to the real session (`run_session`: registration,
+U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher does.
+
+- latency: frames delivered at a cadence slower than the pipeline (no queueing): time from
+  "file complete" (handed over by the source) to "frame stored and tracked" (its detections
+  committed and fed to the online tracker), p50 / p95;
+- throughput: frames delivered as fast as the pipeline takes them (back-pressure), frames/s;
+- memory: resident set size every 50 frames over a long run (``--long N``; the same few
+  frames replayed), with the slope in MiB per 100 frames.
+
+    python tools/bench.py --sizes 1024 2048 --frames 12 --out bench.json
+    python tools/bench.py --sizes 1024 --frames 0 --long 1000 --out bench_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nptrack.config import load_config
+from nptrack.frames import Frame
+from nptrack.io.read import read_frames
+from nptrack.pipeline.session import run_session
+from nptrack.simulate import load_preset, prepare_sequence
+
+
+def make_series(folder: Path, size_px: int, frames: int) -> list[Frame]:
+    """Simulated frames of size_px² at 0.2 nm/px (table1 scene and density)."""
+    base = load_preset("table1")
+    scale = (size_px * 0.2) ** 2 / (256 * 0.390625) ** 2
+    cfg = base.model_copy(
+        update={
+            "field": base.field.model_copy(
+                update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": 0.2}
+            ),
+            "particles": base.particles.model_copy(
+                update={"count": int(base.particles.count * scale)}
+            ),
+        }
+    )
+    from nptrack.simulate.microscope import play
+
+    stream, options = prepare_sequence(folder, config=cfg, frames=frames, seed=0, cadence_s=0.0)
+    options["mode"] = "rename"
+    for _ in play(stream, folder / "frames", **options):
+        pass
+    paths = sorted((folder / "frames").glob("*.tif"))
+    return [read_frames(p)[0] for p in paths]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def paced_source(
+    frames: list[Frame], n: int, cadence_s: float, rss: list[tuple[int, float]] | None = None
+) -> Callable[[Callable[[Frame], None], threading.Event], None]:
+    """Deliver `n` frames (cycling through `frames`) every `cadence_s` (0: back-pressure)."""
+
+    def source(deliver: Callable[[Frame], None], stop: threading.Event) -> None:
+        t0 = time.monotonic()
+        for k in range(n):
+            if stop.is_set():
+                return
+            f = frames[k % len(frames)]
+            deliver(Frame(f.data, f.pixel_size_nm, k, None, f"bench_{k:05d}.tif"))
+            if rss is not None and k % 25 == 0:
+                rss.append((k, round(_rss_mib(), 1)))
+            if cadence_s:
+                stop.wait(max(0.0, t0 + (k + 1) * cadence_s - time.monotonic()))
+
+    return source
+
+
+def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        res = run_session(
+            paced_source(frames, n, cadence_s, kw.pop("rss", None)),
+            Path(tmp) / "session",
+            config=config,
+            command="bench",
+            background_reoptimize=kw.pop("background", True),
+            **kw,
+        )
+        wall = time.monotonic() - t0
+    lat = np.asarray(res.summary.latencies_s)
+    return {
+        "frames": res.summary.frames_stored,
+        "cadence_s": cadence_s,
+        "pipeline_wall_s": round(res.summary.wall_s, 3),
+        "total_wall_s": round(wall, 3),  # includes the final global re-optimisation, exports
+        "latency_p50_s": round(float(np.percentile(lat, 50)), 3),
+        "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
+        "latency_max_s": round(float(lat.max()), 3),
+        "frames_per_s": round(res.summary.frames_stored / res.summary.wall_s, 3),
+        "detections_per_frame": round(res.summary.detections / max(1, res.summary.frames_stored)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    ap.add_argument("--frames", type=int, default=12, help="frames per latency / throughput run")
+    ap.add_argument("--long", type=int, default=0, help="memory run of this many frames")
+    ap.add_argument("--long-size", type=int, default=1024, help="frame size of the memory run")
+    ap.add_argument("--workers", type=int, default=1, help="detect workers")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    config = load_config(None, [f"pipeline.detect_workers={args.workers}"])
+    result: dict[str, Any] = {
+        "tool": "tools/bench.py",
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "detect_workers": args.workers,
+        "model": config.segment.model_path,
+        "pixel_size_nm": 0.2,
+        "sizes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes if args.frames else []:
+            print(f"simulating {size}² frames ...", file=sys.stderr)
+            frames = make_series(Path(tmp) / str(size), size, min(args.frames, 6))
+            through = run(frames, args.frames, 0.0, config, background=False)
+            cadence = round(1.5 / through["frames_per_s"], 3)
+            latency = run(frames, args.frames, cadence, config, background=False)
+            result["sizes"][f"{size}x{size}"] = {"throughput": through, "latency": latency}
+            print(json.dumps({size: result["sizes"][f"{size}x{size}"]}), file=sys.stderr)
+        if args.long:
+            frames = make_series(Path(tmp) / "long", args.long_size, 6)
+            rss: list[tuple[int, float]] = []
+            long_run = run(frames, args.long, 0.0, config, rss=rss)
+            ks, mib = np.array(rss, dtype=float).T
+            half = ks >= ks.max() / 2  # after warm-up (caches, first re-optimisations)
+            slope = float(np.polyfit(ks[half], mib[half], 1)[0] * 100) if half.sum() > 2 else None
+            result[f"memory_{args.long_size}"] = {
+                **long_run,
+                "rss_mib": rss,
+                "rss_slope_mib_per_100_frames_second_half": None
+                if slope is None
+                else round(slope, 2),
+            }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
