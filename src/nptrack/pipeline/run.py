@@ -35,6 +35,9 @@ __all__ = ["RunSummary", "Steps", "Tracker", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
+# Detection columns published with each frame's status (plus the frame-0 thumbnail).
+_PUBLISHED = ("x", "y", "diameter_nm", "intensity", "score", "border", "preview")
+
 Source = Callable[[Callable[[Frame], None], threading.Event], None]
 
 
@@ -142,6 +145,7 @@ def run_pipeline(
     source_stop = source_stop or threading.Event()
     summary = RunSummary()
     t_start = time.monotonic()
+    delivered = [first_index]  # frames handed to the chain so far (for the queue depth)
 
     # Bind every PULL end first: inproc requires bind before connect.
     reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
@@ -167,6 +171,7 @@ def run_pipeline(
         def deliver(frame: Frame) -> None:
             nonlocal sent
             fields = {
+                "preview": publish is not None,
                 "index": first_index + sent,
                 "source": frame.source,
                 "time_s": frame.time_s,
@@ -175,6 +180,7 @@ def run_pipeline(
             }
             if send(out, frame_message("frame", fields, frame.data), stop):
                 sent += 1
+                delivered[0] = first_index + sent
 
         try:
             source(deliver, both)
@@ -286,7 +292,16 @@ def run_pipeline(
                 {**row, "n_detections": len(dets.get("det_id", ())), "latency_s": latency}, summary
             )
         if publish is not None:
-            publish(Message("status", {**row, "n_detections": len(dets.get("det_id", ()))}))
+            fields = {
+                **row,
+                "n_detections": len(dets.get("det_id", ())),
+                "latency_s": latency,
+                "detect_s": f.get("detect_s"),
+                "queue_depth": delivered[0] - first_index - summary.frames_stored,
+                "frames_stored": summary.frames_stored,
+                "error": f.get("error"),
+            }
+            publish(Message("status", fields, {k: v for k, v in dets.items() if k in _PUBLISHED}))
 
     threads = [
         StageThread("source", source_body, abort),

@@ -149,6 +149,7 @@ class _Tracker:
         self.store, self.config, self.background = store, config, background
         self.tracker: SessionTracker | None = None
         self.on_version: Callable[[int, str], None] | None = None
+        self.on_commit: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None
 
     def _make(self) -> SessionTracker:
         first = self.store.frame_row(0)
@@ -161,6 +162,7 @@ class _Tracker:
             frame_shape=(first["height"], first["width"]),
             background=self.background,
             on_version=self.on_version,
+            on_commit=self.on_commit,
         )
         return self.tracker
 
@@ -195,6 +197,21 @@ def stored_frames(store: SessionStore) -> Iterable[tuple[int, dict[str, np.ndarr
         }
         cols["det_id"] = np.array([d["det_id"] for d in dets], dtype=np.int64)
         yield k, cols
+
+
+def commit_message(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> Message:
+    """The 'tracks' message of one online commit: its rows as arrays, its events as JSON."""
+    cols = {
+        "frame": np.array([r["frame"] for r in rows], dtype=np.int64),
+        "track_id": np.array([r["track_id"] for r in rows], dtype=np.int64),
+        **{
+            c: np.array([r[c] for r in rows], dtype=np.float64)
+            for c in ("x", "y", "diameter_nm", "intensity")
+        },
+    }
+    frame = int(cols["frame"].max()) if len(rows) else None
+    safe_events = json.loads(json.dumps(events, default=float))
+    return Message("tracks", {"kind": "online", "frame": frame, "events": safe_events}, cols)
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -335,6 +352,7 @@ def run_session(
             tracker.on_version = lambda v, kind: publisher.send(
                 Message("tracks", {"version": v, "kind": kind})
             )
+            tracker.on_commit = lambda rows, events: publisher.send(commit_message(rows, events))
         steps = Steps(
             register=make_register_step(config, session_dir, store),
             make_detector=make_detector or make_detector_factory(config),

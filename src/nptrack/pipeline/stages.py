@@ -25,7 +25,15 @@ import zmq
 
 from nptrack.pipeline.messages import Message, decode, encode
 
-__all__ = ["POLL_MS", "StageThread", "map_points", "pull_socket", "push_socket", "serve_detect"]
+__all__ = [
+    "POLL_MS",
+    "StageThread",
+    "map_points",
+    "preview",
+    "pull_socket",
+    "push_socket",
+    "serve_detect",
+]
 
 log = logging.getLogger(__name__)
 POLL_MS = 100  # how often a blocked stage looks at its stop event
@@ -131,6 +139,27 @@ def map_points(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.nda
     )
 
 
+PREVIEW_PX = 512  # long side of the frame thumbnails published for dashboards
+
+
+def preview(image: np.ndarray, matrix: np.ndarray, *, max_px: int = PREVIEW_PX) -> np.ndarray:
+    """A float32 thumbnail of the frame resampled into frame-0 coordinates.
+
+    Its pixel (i, j) is frame-0 pixel (i, j) / scale with ``scale = min(1, max_px / max(H, W))``.
+    """
+    import cv2
+
+    h, w = image.shape
+    scale = min(1.0, max_px / max(h, w))
+    small = np.ascontiguousarray(image, dtype=np.float32)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if scale < 1.0:
+        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    m = np.array(matrix, dtype=np.float64)
+    m[:, 2] *= scale  # same linear part, translation in thumbnail pixels
+    return cv2.warpAffine(small, m, size, flags=cv2.INTER_LINEAR, borderValue=float(np.nan))
+
+
 def serve_detect(
     det_in: zmq.Socket,
     out: zmq.Socket,
@@ -166,6 +195,9 @@ def serve_detect(
                 dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
                 dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]
         f["height"], f["width"] = image.shape
-        send(out, Message("detections", f, {k: np.asarray(v) for k, v in dets.items()}), stop)
+        arrays = {k: np.asarray(v) for k, v in dets.items()}
+        if f.get("preview"):  # for the dashboards; the store ignores it
+            arrays["preview"] = preview(image, np.asarray(f["matrix"]))
+        send(out, Message("detections", f, arrays), stop)
         handled += 1
     return handled

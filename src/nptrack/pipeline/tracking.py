@@ -30,6 +30,7 @@ __all__ = ["SessionTracker", "event_rows", "global_tracks", "table_rows", "track
 
 log = logging.getLogger(__name__)
 
+Row = dict[str, Any]
 _TRACK_INPUT = ("x", "y", "diameter_nm", "intensity", "score", "det_id")
 
 
@@ -136,6 +137,9 @@ class SessionTracker:
         `finish`, e.g. offline `track`).
     on_version : callable, optional
         Called with ``(version, kind)`` whenever a track version is stored.
+    on_commit : callable, optional
+        Called with the ``(tracks rows, events rows)`` of each online commit once stored
+        (not while replaying).
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class SessionTracker:
         frame_shape: tuple[int, int],
         background: bool = True,
         on_version: Callable[[int, str], None] | None = None,
+        on_commit: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -158,6 +163,7 @@ class SessionTracker:
         self.version = store.add_tracks([], kind="online", last_frame=-1)
         self.background = background
         self.on_version = on_version
+        self.on_commit = on_commit
         self._columns: dict[str, list[np.ndarray]] = {k: [] for k in ("frame", *_TRACK_INPUT)}
         self._n_frames = 0
         self._pool: ProcessPoolExecutor | None = None
@@ -182,12 +188,17 @@ class SessionTracker:
         for frame, dets in frames:
             if frame != self._n_frames:
                 raise ValueError(f"replay expected frame {self._n_frames}, got {frame}")
-            self._feed(frame, dets, store_commit=True)
+            self._feed(frame, dets, store_commit=True, replaying=True)
             n += 1
         return n
 
     def _feed(
-        self, frame: int, detections: Mapping[str, np.ndarray], *, store_commit: bool
+        self,
+        frame: int,
+        detections: Mapping[str, np.ndarray],
+        *,
+        store_commit: bool,
+        replaying: bool = False,
     ) -> None:
         cols = tracker_input(detections, min_score=self.config.min_detection_score)
         self._columns["frame"].append(np.full(len(cols["x"]), frame, dtype=np.int64))
@@ -203,15 +214,20 @@ class SessionTracker:
             det_id=cols["det_id"].astype(np.int64),
         )
         if commit is not None and store_commit:
-            self._store_commits([commit])
+            rows, events = self._store_commits([commit])
+            if self.on_commit is not None and not replaying:
+                self.on_commit(rows, events)
 
-    def _store_commits(self, commits: list[Any]) -> None:
+    def _store_commits(
+        self, commits: list[Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         rows, events = [], []
         for c in commits:
             rows += table_rows(c.tracks)
             events += event_rows(c.events)
         if commits:
             self.store.append_tracks(self.version, rows, events, last_frame=commits[-1].frame)
+        return rows, events
 
     # -- global re-optimisation ---------------------------------------------------------------
     def columns(self) -> dict[str, np.ndarray]:
