@@ -82,9 +82,70 @@ def _progress(row: dict[str, Any], summary: Any) -> None:
     )
 
 
-def _gui_note(no_gui: bool) -> None:
-    if not no_gui:
-        _say("the dashboard is not part of this version yet: running as with --no-gui")
+def _gui_available(no_gui: bool) -> bool:
+    """Whether to open the dashboard (needs the [gui] extra and a display)."""
+    import os
+
+    if no_gui:
+        return False
+    try:
+        import pyqtgraph  # noqa: F401
+        from pyqtgraph.Qt import QtWidgets  # noqa: F401
+    except Exception:  # ImportError, or a Qt binding that fails to load
+        _say("no dashboard: install the [gui] extra (pip install 'nptrack[gui]'); "
+             "running as with --no-gui")  # fmt: skip
+        return False
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        if os.environ.get("QT_QPA_PLATFORM") != "offscreen" and sys.platform.startswith("linux"):
+            _say("no display: running as with --no-gui")
+            return False
+    return True
+
+
+def _run_with_dashboard(run: Callable[[threading.Event], Any], address: str | None) -> Any:
+    """Run `run(stop)` in a worker thread while the dashboard shows `address`; its result.
+
+    Closing the window stops the session cleanly (frames in flight stored, exports written).
+    """
+    import pyqtgraph as pg
+    from pyqtgraph.Qt import QtCore
+
+    from nptrack.dashboard.app import DashboardWindow, close_window
+    from nptrack.pipeline.publish import Subscriber
+
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            box["result"] = run(stop)
+        except BaseException as exc:  # re-raised in the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=worker, name="nptrack-session", daemon=True)
+    app = pg.mkQApp("nptrack")
+    sub = Subscriber(address) if address else None
+    win = DashboardWindow(subscriber=sub)
+    win.resize(1600, 1000)
+    win.show()
+    watchdog = QtCore.QTimer()
+    watchdog.timeout.connect(
+        lambda: None if thread.is_alive() else win.health_label.setText("session finished")
+    )
+    watchdog.start(500)
+    thread.start()
+    try:
+        app.exec()
+    finally:
+        stop.set()  # the window was closed: finish the session
+        watchdog.stop()
+        close_window(win)
+        if sub is not None:
+            sub.close()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def _finish_report(result: Any) -> None:
@@ -198,7 +259,7 @@ def watch(
         config.watch.poll = True
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder to watch")
-    _gui_note(no_gui)
+    gui = _gui_available(no_gui)
     skip: set[str] = set()
     if (session_dir / "session.sqlite").is_file():
         with SessionStore(session_dir) as store:
@@ -208,12 +269,19 @@ def watch(
     source = folder_source(folder, config=config, skip=skip, idle_s=until_idle_s,
                            problems=problems)  # fmt: skip
     _say(f"watching {folder} -> {session_dir}" + (" (polling)" if config.watch.poll else ""))
-    with _graceful_stop() as stop:
-        result = run_session(
+
+    def run(stop: threading.Event) -> Any:
+        return run_session(
             source, session_dir, config=config, command="watch", pixel_size_nm=pixel_size_nm,
             publish_address=address, export_formats=formats, on_frame=_progress,
             on_status=_say, stop=stop, workers=workers, detect_addresses=detect_bind,
         )  # fmt: skip
+
+    if gui and address:
+        result = _run_with_dashboard(run, address)
+    else:
+        with _graceful_stop() as stop:
+            result = run(stop)
     result.problems.extend(problems)
     _finish_report(result)
 
@@ -262,14 +330,21 @@ def demo(
 
     _setup_logging()
     config = _load(config_path, overrides)
-    _gui_note(no_gui)
+    gui = _gui_available(no_gui)
     out = out_dir or Path(tempfile.mkdtemp(prefix="nptrack-demo-"))
-    with _graceful_stop() as stop:
-        result = run_demo(
+    address = config.pipeline.publish_address
+
+    def run(stop: threading.Event) -> Any:
+        return run_demo(
             out, config=config, frames=frames, preset=preset, seed=seed, cadence_s=cadence_s,
-            publish_address=config.pipeline.publish_address, on_frame=_progress,
-            on_status=_say, stop=stop,
+            publish_address=address, on_frame=_progress, on_status=_say, stop=stop,
         )  # fmt: skip
+
+    if gui:
+        result = _run_with_dashboard(run, address)
+    else:
+        with _graceful_stop() as stop:
+            result = run(stop)
     _finish_report(result.session)
     s = result.scores
     rows = [
@@ -409,3 +484,55 @@ def stage(
             n = None
     if n is not None:
         _say(f"detect stage stopped after {n} frame(s)")
+
+
+# --- dashboard ------------------------------------------------------------------------------
+@main.command()
+@click.option("--connect", default=None, help="A running pipeline's PUB address (tcp://HOST:PORT).")
+@click.option(
+    "--session",
+    "session_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Browse a stored session frame by frame.",
+)
+@click.option(
+    "--screenshot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Render once (offscreen without a display) into this PNG and exit.",
+)
+@click.option("--frame", type=click.IntRange(min=0), default=None, help="Session frame to show.")
+@click.option(
+    "--wait-s",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="With --connect --screenshot: how long to wait for frames.",
+)
+@friendly
+def dashboard(
+    connect: str | None,
+    session_dir: Path | None,
+    screenshot: Path | None,
+    frame: int | None,
+    wait_s: float,
+) -> None:
+    """Live counts, sizes, trajectories and pipeline health (pyqtgraph).
+
+    --connect attaches to a running `watch` / `demo` (their --publish address, by default
+    tcp://127.0.0.1:5557), also from another PC; --session browses a stored session.
+    """
+    if (connect is None) == (session_dir is None):
+        raise click.UsageError("give one of --connect ADDR or --session DIR")
+    if session_dir is not None and not (session_dir / "session.sqlite").is_file():
+        raise UserError(f"{session_dir}: no session.sqlite (not a session folder)")
+    try:
+        from nptrack.dashboard.app import run_dashboard
+    except ImportError as exc:
+        raise UserError(f"the dashboard needs the [gui] extra ({exc})") from None
+    code = run_dashboard(connect=connect, session_dir=session_dir, screenshot=screenshot,
+                         frame=frame, wait_s=wait_s)  # fmt: skip
+    if screenshot is not None:
+        click.echo(f"screenshot written to {screenshot}")
+    sys.exit(code)

@@ -46,6 +46,9 @@ def encode(message: Message) -> list[Any]:
     """Multipart parts for `socket.send_multipart(parts, copy=False)`."""
     if message.kind not in _ALLOWED_KINDS:
         raise MessageError(f"unknown message kind {message.kind!r}")
+    reserved = {"v", "kind", "arrays"} & set(message.fields)
+    if reserved:
+        raise MessageError(f"field name(s) {sorted(reserved)} are reserved for the header")
     specs, buffers = [], []
     for name, array in message.arrays.items():
         array = np.ascontiguousarray(array)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import zmq
 
-from nptrack.pipeline.messages import Message, decode, encode
+from nptrack.pipeline.messages import Message, MessageError, decode, encode
 
 __all__ = ["PUBLISH_HWM", "Publisher", "Subscriber"]
 
@@ -110,7 +110,10 @@ class Subscriber:
                 parts = self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            out.append(decode(parts[1:]))
+            try:
+                out.append(decode(parts[1:]))
+            except MessageError as exc:  # another version's publisher: skip, do not die
+                log.warning("ignored a message: %s", exc)
         return out
 
     def close(self) -> None:

@@ -211,7 +211,8 @@ def commit_message(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> 
     }
     frame = int(cols["frame"].max()) if len(rows) else None
     safe_events = json.loads(json.dumps(events, default=float))
-    return Message("tracks", {"kind": "online", "frame": frame, "events": safe_events}, cols)
+    fields = {"version_kind": "online", "frame": frame, "events": safe_events}
+    return Message("tracks", fields, cols)
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -350,7 +351,7 @@ def run_session(
             tracker.resume()
         if publisher is not None:
             tracker.on_version = lambda v, kind: publisher.send(
-                Message("tracks", {"version": v, "kind": kind})
+                Message("tracks", {"version": v, "version_kind": kind})
             )
             tracker.on_commit = lambda rows, events: publisher.send(commit_message(rows, events))
         steps = Steps(
