@@ -175,3 +175,20 @@ def test_fast_updates_neither_grow_memory_nor_block(window_factory) -> None:
     assert sent == 600  # the publisher never refused or blocked
     assert win.state.updates > 0 and win.state.current_frame is not None
     assert grown < 60, grown  # per-frame scalars only; one thumbnail
+
+
+def test_dashboard_command_writes_a_screenshot(session: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from nptrack.cli import main
+
+    out = tmp_path / "dash.png"
+    args = ["dashboard", "--session", str(session), "--screenshot", str(out), "--frame", "3"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    img = QtGui.QImage(str(out))
+    assert img.width() == 1600 and img.height() == 1000
+    bad = CliRunner().invoke(main, ["dashboard", "--session", str(tmp_path)])
+    assert bad.exit_code == 1 and "not a session folder" in bad.output
+    both = CliRunner().invoke(main, ["dashboard"])
+    assert both.exit_code == 2
