@@ -195,6 +195,18 @@ def _remote_options(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _series_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option(
+        "--format", "formats", type=_FORMATS, multiple=True, help="Extra export format."
+    )(func)
+    return click.option(
+        "--pixel-size-nm",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Pixel size (nm) for files that carry no calibration.",
+    )(func)
+
+
 # --- watch ----------------------------------------------------------------------------------
 @main.command()
 @click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
@@ -215,13 +227,7 @@ def _remote_options(func: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Finish after this many seconds without a new frame (default: run until Ctrl-C).",
 )
-@click.option(
-    "--pixel-size-nm",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Pixel size (nm) for files that carry no calibration.",
-)
-@click.option("--format", "formats", type=_FORMATS, multiple=True, help="Extra export format.")
+@_series_options
 @click.option("--publish", default=None, help="PUB address for dashboards (default: config).")
 @click.option("--no-publish", is_flag=True, help="Do not publish for dashboards.")
 @_remote_options
@@ -376,13 +382,7 @@ def demo(
     help="Output folder (a new session): session.sqlite and the exports.",
 )
 @_config_options
-@click.option(
-    "--pixel-size-nm",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Pixel size (nm) for files that carry no calibration.",
-)
-@click.option("--format", "formats", type=_FORMATS, multiple=True, help="Extra export format.")
+@_series_options
 @_remote_options
 @friendly
 def track(
