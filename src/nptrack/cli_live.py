@@ -365,6 +365,7 @@ def demo(
     if "fusion_precision" in s:
         rows.append(("fusion precision / recall",
                      f"{s['fusion_precision']:.2f} / {s['fusion_recall']:.2f}"))  # fmt: skip
+    click.echo(f"files found half-written when read: {result.read_errors}")
     click.echo("tracks vs simulator truth:")
     for name, value in rows:
         click.echo(f"  {name:<26} {value:>10}")

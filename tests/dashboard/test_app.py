@@ -16,7 +16,7 @@ pg = pytest.importorskip("pyqtgraph")
 from pyqtgraph.Qt import QtCore, QtGui  # noqa: E402
 
 from nptrack.dashboard.app import DashboardWindow, close_window  # noqa: E402
-from nptrack.dashboard.state import treacy_rice_fit  # noqa: E402
+from nptrack.dashboard.state import DashboardState, treacy_rice_fit  # noqa: E402
 from nptrack.pipeline.messages import Message  # noqa: E402
 from nptrack.pipeline.publish import Publisher, Subscriber  # noqa: E402
 from nptrack.pipeline.store import DETECTION_COLUMNS, SessionStore  # noqa: E402
@@ -192,3 +192,20 @@ def test_dashboard_command_writes_a_screenshot(session: Path, tmp_path: Path) ->
     assert bad.exit_code == 1 and "not a session folder" in bad.output
     both = CliRunner().invoke(main, ["dashboard"])
     assert both.exit_code == 2
+
+
+def test_state_takes_commits_and_fusions_from_messages() -> None:
+    from nptrack.pipeline.messages import decode, encode
+    from nptrack.pipeline.session import commit_message
+
+    rows = [{"frame": 3, "track_id": t, "x": 10.0 * t, "y": 5.0, "diameter_nm": 2.0 + t,
+             "intensity": 100.0, "det_id": t, "state": "observed"} for t in range(3)]  # fmt: skip
+    events = [{"frame": 3, "type": "fusion", "track_ids": "0+1>2",
+               "detail": {"x": 12.0, "y": 5.0, "mass_ratio": np.float64(1.02)}}]  # fmt: skip
+    state = DashboardState()
+    state.ingest(decode(encode(commit_message(rows, events))))  # as it crosses the socket
+    assert sorted(state.tracks) == [0, 1, 2]
+    assert state.tracks[2] == [(3, 20.0, 5.0, 4.0, 100.0)]
+    assert state.fusions == [{"frame": 3, "track_ids": "0+1>2", "x": 12.0, "y": 5.0,
+                              "mass_ratio": 1.02}]  # fmt: skip
+    assert state.nearest_track(19.0, 6.0) == 2 and state.nearest_track(200.0, 6.0) is None
