@@ -74,7 +74,7 @@ class RegisterConfig(_Stage):
 class SegmentConfig(_Stage):
     """U-Net inference through ONNX Runtime."""
 
-    model_path: str = Field("models/nptrack-unet-v1.onnx", description="relative to the repo root")
+    model_path: str = Field("models/nptrack-unet-v2.onnx", description="relative to the repo root")
     threshold: float | None = Field(None, gt=0, lt=1, description="None: from model metadata")
     providers: Literal["auto", "cpu", "cuda"] = "auto"
     tile_px: int = Field(1024, ge=64)
@@ -133,7 +133,10 @@ class TrackConfig(_Stage):
     weight_persistence: float = Field(0.5, ge=0)
     weight_regularisation: float = Field(0.5, ge=0)
     min_detection_score: float = Field(
-        0.6, ge=0, le=1, description="detections of lower mean probability are not tracked"
+        0.4, ge=0, le=1, description="detections of lower mean probability are not tracked"
+    )
+    min_detection_diameter_px: float = Field(
+        3.0, ge=0, description="smaller detections are below the frame's resolution: not tracked"
     )
     cg_iterations: int = Field(30, ge=1, description="conjugate-gradient iterations per round")
     max_epochs: int = Field(15, ge=1, description="rounds of jump moves (global optimisation)")

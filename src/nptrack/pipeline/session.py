@@ -448,10 +448,13 @@ def reoptimize_session(
         if not first.get("pixel_size_nm"):
             raise SessionError(f"{session_dir}: frame 0 has no pixel size")
         frames = list(stored_frames(store))
-        min_score = config.track.min_detection_score
+        keep = {
+            "min_score": config.track.min_detection_score,
+            "min_diameter_nm": config.track.min_detection_diameter_px * first["pixel_size_nm"],
+        }
         parts = []
         for k, dets in frames:
-            cols = tracker_input(dets, min_score=min_score)
+            cols = tracker_input(dets, **keep)
             parts.append({"frame": np.full(len(cols["x"]), k, dtype=np.int64), **cols})
         columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
         t0 = time.monotonic()

@@ -97,13 +97,17 @@ def global_tracks(
 
 
 def tracker_input(
-    detections: Mapping[str, np.ndarray], *, min_score: float = 0.0
+    detections: Mapping[str, np.ndarray],
+    *,
+    min_score: float = 0.0,
+    min_diameter_nm: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Tracker input columns of one frame's detections.
 
-    Missing scores are 1; detections scoring below `min_score` are left out; intensities are
-    kept positive (they enter the energy as logarithms: a particle measured at or below its
-    local background is given a small positive mass instead).
+    Missing scores are 1; detections scoring below `min_score` or smaller than
+    `min_diameter_nm` are left out; intensities are kept positive (they enter the energy as
+    logarithms: a particle measured at or below its local background is given a small
+    positive mass instead).
     """
     n = len(detections.get("x", ()))
     out = {}
@@ -111,7 +115,7 @@ def tracker_input(
         v = detections.get(key)
         out[key] = np.ones(n) if v is None else np.asarray(v, dtype=float)
     out["score"] = np.nan_to_num(out["score"], nan=1.0)
-    keep = out["score"] >= min_score
+    keep = (out["score"] >= min_score) & ~(out["diameter_nm"] < min_diameter_nm)
     out = {k: v[keep] for k, v in out.items()}
     out["intensity"] = np.nan_to_num(out["intensity"], nan=0.0)
     floor = max(1e-6, 1e-3 * float(np.median(out["intensity"]))) if keep.any() else 1.0
@@ -200,7 +204,11 @@ class SessionTracker:
         store_commit: bool,
         replaying: bool = False,
     ) -> None:
-        cols = tracker_input(detections, min_score=self.config.min_detection_score)
+        cols = tracker_input(
+            detections,
+            min_score=self.config.min_detection_score,
+            min_diameter_nm=self.config.min_detection_diameter_px * self.pixel_size_nm,
+        )
         self._columns["frame"].append(np.full(len(cols["x"]), frame, dtype=np.int64))
         for k in _TRACK_INPUT:
             self._columns[k].append(cols[k])
