@@ -209,3 +209,14 @@ def test_state_takes_commits_and_fusions_from_messages() -> None:
     assert state.fusions == [{"frame": 3, "track_ids": "0+1>2", "x": 12.0, "y": 5.0,
                               "mass_ratio": 1.02}]  # fmt: skip
     assert state.nearest_track(19.0, 6.0) == 2 and state.nearest_track(200.0, 6.0) is None
+
+
+def test_clicking_a_particle_shows_its_track(session: Path, window_factory) -> None:
+    win = window_factory(session_dir=session)
+    win._pick(40.0 + 6 * (N_FRAMES - 1) + 2.0, TRACK_Y - 1.0)  # near the track's last point
+    assert win.track.track_id == 7
+    xs, ys = win.track.diameter.getData()
+    np.testing.assert_array_equal(xs, np.arange(N_FRAMES))
+    np.testing.assert_allclose(ys, 2.0)
+    win._pick(5.0, 5.0)  # nothing there
+    assert win.track.track_id is None
