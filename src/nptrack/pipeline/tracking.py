@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
@@ -122,6 +123,14 @@ def tracker_input(
     out["intensity"] = np.maximum(out["intensity"], floor)
     out["diameter_nm"] = np.nan_to_num(out["diameter_nm"], nan=1.0)
     return out
+
+
+def _lower_priority() -> None:
+    """Worker-process initialiser: lower its CPU priority where the OS allows it."""
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):  # Windows has no nice; a container may refuse it
+        pass
 
 
 class SessionTracker:
@@ -256,7 +265,12 @@ class SessionTracker:
     def _submit(self) -> None:
         if self._pool is None:
             # spawn: forking a process that runs ZeroMQ and ONNX Runtime threads is unsafe.
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            # niced: on a 2-core machine the live chain keeps priority over the re-optimisation.
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
+            )
         args, kwargs = self._args()
         self._future = self._pool.submit(global_tracks, *args, **kwargs)
         self._future_frames = self._n_frames
