@@ -121,15 +121,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", type=int, default=0, help="memory run of this many frames")
     ap.add_argument("--long-size", type=int, default=1024, help="frame size of the memory run")
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. segment.intra_op_threads=1 (repeatable)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    config = load_config(None, [f"pipeline.detect_workers={args.workers}"])
+    config = load_config(None, [f"pipeline.detect_workers={args.workers}", *args.overrides])
     result: dict[str, Any] = {
         "tool": "tools/bench.py",
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "detect_workers": args.workers,
+        "overrides": args.overrides,
         "model": config.segment.model_path,
         "pixel_size_nm": 0.2,
         "sizes": {},
