@@ -132,7 +132,12 @@ def make_detector_factory(
             )
             # Tracks follow particle centres inside the field (as the ground truth does): a
             # particle cut by the border with its centre outside is not in this frame yet.
+            # Blobs under `min_detection_diameter_px` across are below the frame's resolution
+            # (noise, support texture): not particles, so not counted or stored either.
             keep = centre_in_field(particles.labels)
+            diameter_px = particles.columns.get("diameter_px")
+            if diameter_px is not None:
+                keep &= ~(np.asarray(diameter_px) < config.track.min_detection_diameter_px)
             cols = {k: v[keep] for k, v in particles.columns.items() if k in DETECTION_COLUMNS}
             cols["det_id"] = np.arange(int(keep.sum()), dtype=np.int64)
             return cols
