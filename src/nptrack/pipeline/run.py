@@ -25,7 +25,6 @@ from nptrack.pipeline.stages import (
     pull_socket,
     push_socket,
     receive,
-    receive_within,
     send,
     serve_detect,
 )
@@ -239,7 +238,7 @@ def run_pipeline(
         expected: int | None = None
         next_index = first_index
         while expected is None or next_index < first_index + expected:
-            msg = receive_within(trk_in, stop, 30.0)
+            msg = receive(trk_in, stop, 30.0)
             if msg is None:
                 if stop.is_set():
                     return

@@ -474,9 +474,3 @@ def reoptimize_session(
         store.set_meta("reoptimize_s", round(time.monotonic() - t0, 3))
         exports = export_session(store, session_dir, formats=export_formats)
     return version, exports
-
-
-def session_summary_text(path: Path) -> str:
-    """A short human summary of ``summary.json``."""
-    data = json.loads(path.read_text())
-    return ", ".join(f"{k} {v}" for k, v in data.get("counts", {}).items())

@@ -7,8 +7,9 @@ re-raised in the main thread by `StageThread.join_and_raise` (LiberTEM-live styl
 while processing *one frame* does not stop the stage: the frame travels on marked ``failed``
 with the reason, so the tracker's count of frames stays exact and the session goes on.
 
-The END message carries the number of frames sent; the track stage finishes when it has
-stored that many, whatever order the detect workers delivered them in.
+The END message carries the number of frames sent and goes from register straight to the
+track stage, which finishes when it has stored that many, whatever order the detect workers
+delivered them in.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 import zmq
 
 from nptrack.pipeline.messages import Message, decode, encode
+from nptrack.register.warp import map_points
 
 __all__ = [
     "POLL_MS",
     "StageThread",
-    "map_points",
     "preview",
     "pull_socket",
     "push_socket",
@@ -67,18 +68,12 @@ def send(sock: zmq.Socket, message: Message, stop: threading.Event) -> bool:
     return False
 
 
-def receive(sock: zmq.Socket, stop: threading.Event) -> Message | None:
-    """Receive the next message, or None once `stop` is set."""
-    while not stop.is_set():
-        if sock.poll(POLL_MS, zmq.POLLIN):
-            return decode(sock.recv_multipart(copy=False))
-    return None
-
-
-def receive_within(sock: zmq.Socket, stop: threading.Event, timeout_s: float) -> Message | None:
-    """Like `receive`, but also None after `timeout_s` without a message."""
-    deadline = time.monotonic() + timeout_s
-    while not stop.is_set() and time.monotonic() < deadline:
+def receive(
+    sock: zmq.Socket, stop: threading.Event, timeout_s: float | None = None
+) -> Message | None:
+    """The next message, or None once `stop` is set (or after `timeout_s` without one)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         if sock.poll(POLL_MS, zmq.POLLIN):
             return decode(sock.recv_multipart(copy=False))
     return None
@@ -131,14 +126,6 @@ def frame_message(kind: str, fields: dict[str, Any], image: np.ndarray | None) -
     return Message(kind, {**fields, "t_sent": time.time()}, arrays)
 
 
-def map_points(matrix: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply a 2×3 affine map (acquired frame -> frame 0) to pixel coordinates."""
-    return (
-        matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2],
-        matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2],
-    )
-
-
 PREVIEW_PX = 512  # long side of the frame thumbnails published for dashboards
 
 
@@ -174,9 +161,6 @@ def serve_detect(
     """
     handled = 0
     while (msg := receive(det_in, stop)) is not None:
-        if msg.kind == "end":  # older protocol peers forward END through the workers
-            send(out, msg, stop)
-            continue
         f = dict(msg.fields)
         image = np.asarray(msg.arrays["image"])
         t0 = time.perf_counter()
@@ -188,9 +172,9 @@ def serve_detect(
             dets = {}
         f["detect_s"] = time.perf_counter() - t0
         if dets and len(dets.get("x", ())):
-            matrix = np.asarray(f["matrix"])
             dets = dict(dets)
-            dets["x"], dets["y"] = map_points(matrix, dets["x"], dets["y"])
+            xy = np.column_stack([dets["x"], dets["y"]])
+            dets["x"], dets["y"] = map_points(xy, np.asarray(f["matrix"])).T
             if f["pixel_size_nm"]:
                 dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
                 dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]

@@ -242,13 +242,9 @@ class SessionStore:
         cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
         return [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in cur]
 
-    def latest_version(self, kind: str | None = None) -> int | None:
-        """Newest track version (of one `kind`: 'online', 'global' ...), or None."""
-        if kind is None:
-            return self._db.execute("SELECT MAX(version) FROM track_versions").fetchone()[0]
-        return self._db.execute(
-            "SELECT MAX(version) FROM track_versions WHERE kind = ?", (kind,)
-        ).fetchone()[0]
+    def latest_version(self) -> int | None:
+        """Newest track version, or None."""
+        return self._db.execute("SELECT MAX(version) FROM track_versions").fetchone()[0]
 
     def versions(self) -> list[dict[str, Any]]:
         """Every track version: version, created_at, kind, last_frame (oldest first)."""
@@ -266,11 +262,6 @@ class SessionStore:
             f"SELECT {', '.join(cols)} FROM frames WHERE frame = ?", (frame,)
         ).fetchone()
         return None if row is None else dict(zip(cols, row, strict=True))
-
-    def frame_shape(self) -> tuple[int, int] | None:
-        """(height, width) of frame 0 in px, or None before the first frame."""
-        row = self._db.execute("SELECT height, width FROM frames ORDER BY frame LIMIT 1").fetchone()
-        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     def tracks(self, version: int | None = None) -> list[dict[str, Any]]:
         """Track rows of `version` (default: newest) in (track_id, frame) order."""

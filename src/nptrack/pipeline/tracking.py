@@ -189,7 +189,7 @@ class SessionTracker:
         """Detections of the next frame (frame-0 px); commits and versions go to the store."""
         if frame != self._n_frames:
             raise ValueError(f"tracker expected frame {self._n_frames}, got {frame}")
-        self._feed(frame, detections, store_commit=True)
+        self._feed(frame, detections)
         self._collect()
         every = self.config.reoptimize_every_frames
         if self.background and self._n_frames % every == 0 and self._future is None:
@@ -201,7 +201,7 @@ class SessionTracker:
         for frame, dets in frames:
             if frame != self._n_frames:
                 raise ValueError(f"replay expected frame {self._n_frames}, got {frame}")
-            self._feed(frame, dets, store_commit=True, replaying=True)
+            self._feed(frame, dets, replaying=True)
             n += 1
         return n
 
@@ -210,7 +210,6 @@ class SessionTracker:
         frame: int,
         detections: Mapping[str, np.ndarray],
         *,
-        store_commit: bool,
         replaying: bool = False,
     ) -> None:
         cols = tracker_input(
@@ -230,7 +229,7 @@ class SessionTracker:
             score=cols["score"],
             det_id=cols["det_id"].astype(np.int64),
         )
-        if commit is not None and store_commit:
+        if commit is not None:
             rows, events = self._store_commits([commit])
             if self.on_commit is not None and not replaying:
                 self.on_commit(rows, events)
