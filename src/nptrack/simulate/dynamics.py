@@ -3,7 +3,8 @@
 Per frame interval: fusion of close pairs on the same surface (volume conserved, mass-weighted
 centre), Ostwald ripening (volume exchanged between particles through the support, conserved
 overall or with a set loss), vanishing below a size, Brownian motion with mobility falling with
-size (``D = D_ref · (d / d_ref)^exponent``), births of small particles. Particles sit on the top
+size (``D = D_ref · (d / d_ref)^exponent``), births of small particles, and optionally a
+prescribed growth law of the mean radius (``growth_rate_nm_n_per_s``). Particles sit on the top
 (layer 0) or bottom (layer 1) surface of the support: particles on different surfaces cross
 each other in projection without fusing. The microscope drifts over the sample and each frame
 is seen through a small random affine; the true transforms are kept.
@@ -41,7 +42,19 @@ __all__ = [
 
 
 class DynamicsConfig(BaseModel):
-    """How the population evolves between frames (units in the names)."""
+    """How the population evolves between frames (units in the names).
+
+    Prescribed kinetics (for testing kinetics fits on an exact truth): when
+    ``growth_rate_nm_n_per_s`` K > 0, at the end of every frame t ≥ 1 (after fusion, ripening,
+    motion, births and the visibility test) every particle's diameter is multiplied by one
+    common factor chosen so that the mean radius (``diameter_nm / 2``) of the particles
+    *visible* in frame t is exactly ``(R̄ⁿ(0) + K·t·frame_interval_s)^(1/n)``, with n =
+    ``growth_law_exponent`` and R̄(0) the mean radius of the particles visible in frame 0.
+    These are exactly the rows of `ground_truth_rows`, so the law holds there to rounding.
+    Volume is then not conserved (the scaling stands for supply from the gas or the support);
+    fusions still sum volumes at the step they happen. Frames with no visible particle are
+    not rescaled. With K = 0 (default) nothing changes and no random numbers are drawn.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,6 +78,14 @@ class DynamicsConfig(BaseModel):
     scale_sd: float = Field(0.0, ge=0, description="per-frame affine: relative scale sd")
     shear_sd: float = Field(0.0, ge=0, description="per-frame affine: shear sd")
     margin_nm: float = Field(5.0, ge=0, description="sample beyond the fields of view")
+    growth_law_exponent: float = Field(
+        3.0, gt=0, description="n of the prescribed law R̄ⁿ(t) = R̄ⁿ(0) + K·t"
+    )
+    growth_rate_nm_n_per_s: float = Field(
+        0.0,
+        ge=0,
+        description="K of the prescribed law (nm^n / s); 0 = off (the mean radius is free)",
+    )
 
 
 @dataclass
@@ -210,6 +231,8 @@ def simulate_population(
     states, visible = [p], [_visible(p, transforms[0], shape)]
     events: list[Event] = []
     crossing = _crossings(p, visible[0], px)
+    # Prescribed kinetics: R̄(0) of the particles seen in frame 0 (the ground-truth rows).
+    r0_nm = float(p.diameter_nm[visible[0]].mean()) / 2.0 if visible[0].any() else np.nan
     for t in range(1, frames):
         prev, prev_vis = states[-1], visible[-1]
         was_visible = dict(zip(prev.id.tolist(), prev_vis.tolist(), strict=True))
@@ -241,6 +264,8 @@ def simulate_population(
                 events.append(Event(t, "birth", str(pid), {"cause": "entry"}))
             elif not v and seen_before:
                 events.append(Event(t, "exit", str(pid), {"cause": "border"}))
+        if config.growth_rate_nm_n_per_s > 0 and vis.any() and np.isfinite(r0_nm):
+            _prescribe_mean_radius(p, vis, r0_nm, t * config.frame_interval_s, config)
         now = _crossings(p, vis, px)
         for a, b in sorted(now - crossing):
             events.append(Event(t, "crossing", f"{a},{b}", {}))
@@ -345,6 +370,15 @@ def _move(
     step = rng.standard_normal((2, len(p))) * sd
     p.x = p.x + np.where(active, step[0], 0.0)
     p.y = p.y + np.where(active, step[1], 0.0)
+
+
+def _prescribe_mean_radius(
+    p: Particles, vis: np.ndarray, r0_nm: float, time_s: float, config: DynamicsConfig
+) -> None:
+    """Scale all diameters by one factor: mean visible radius = (R̄ⁿ(0) + K t)^(1/n)."""
+    n = config.growth_law_exponent
+    target_nm = (r0_nm**n + config.growth_rate_nm_n_per_s * time_s) ** (1.0 / n)
+    p.diameter_nm = p.diameter_nm * (target_nm / (float(p.diameter_nm[vis].mean()) / 2.0))
 
 
 def _births(
