@@ -13,7 +13,7 @@ from nptrack.evaluate.mot import evaluate
 from tests.track import make_scene
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import peers  # noqa: E402
+import peers
 
 
 def test_laptrack_merge_becomes_one_fusion_event() -> None:
