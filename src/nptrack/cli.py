@@ -578,7 +578,9 @@ def evaluate(
 
 
 # The live pipeline's commands (watch, demo, track, reoptimize, stage) register themselves.
+from nptrack import cli_batch as _cli_batch  # noqa: E402, F401  (nptrack batch)
 from nptrack import cli_live as _cli_live  # noqa: E402, F401
+from nptrack import cli_science as _cli_science  # noqa: E402, F401  (nptrack report)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
