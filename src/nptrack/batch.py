@@ -103,15 +103,15 @@ def _names(inputs: Sequence[Path]) -> list[str]:
     def clean(text: str) -> str:
         return re.sub(r"[^\w.+-]+", "_", text).strip("._") or "series"
 
-    base = [clean(p.stem if p.is_file() else p.name) for p in inputs]
+    base = [clean(p.name if p.is_dir() or not p.suffix else p.stem) for p in inputs]
     names = [clean(f"{p.parent.name}_{b}") if base.count(b) > 1 else b
              for p, b in zip(inputs, base, strict=True)]  # fmt: skip
     seen: dict[str, int] = {}
-    for i, name in enumerate(names):
+    unique = []
+    for name in names:
         seen[name] = seen.get(name, 0) + 1
-        if names.count(name) > 1:
-            names[i] = f"{name}-{seen[name]}"
-    return names
+        unique.append(f"{name}-{seen[name]}" if names.count(name) > 1 else name)
+    return unique
 
 
 def plan_series(
