@@ -120,6 +120,9 @@ def sizes_figure(path: Path, *, panels: Sequence[Mapping[str, Any]], unit: str =
             if not tr:
                 continue
             a = ax[1, j]
+            if j:  # one scale for all frames: the slopes compare by eye
+                a.sharex(ax[1, 0])
+                a.sharey(ax[1, 0])
             if p["intensity"] is None or not len(p["intensity"]):
                 a.text(0.5, 0.5, "no intensity", ha="center", transform=a.transAxes)
                 continue

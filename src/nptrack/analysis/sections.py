@@ -249,15 +249,12 @@ def tracks(rep: Report) -> None:
     )
     shown = [int(f.min()), int(f.max())]
     images = [frame_image(rep.tables, k) for k in shown]
-    note = (
-        ""
-        if all(i is not None for i in images)
-        else ("source image not readable: tracks on an empty field")
-    )
+    readable = all(i is not None for i in images)
+    note = "" if readable else "source image not readable: tracks on an empty field"
     rep.figure(
         "trajectories.png",
-        f"First and last frame ({rep.title(shown[0])}, "
-        f"{rep.title(shown[1])}) registered to frame 0, with the trajectories",
+        f"First and last frame ({rep.title(shown[0])}, {rep.title(shown[1])}) registered to "
+        "frame 0, with the trajectories" + (f" ({note})" if note else ""),
         rep.fig.trajectories_figure,
         frame=f,
         track_id=tid,
