@@ -13,13 +13,14 @@ Coordinates: x = column, y = row, origin at the centre of the top-left pixel.
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import find_contours
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -58,6 +59,7 @@ _SMOOTH_PX = 1.0  # Gaussian sigma along the outline; removes the digital stairc
 _CORNER_EPS_PX = 1.0  # Douglas-Peucker tolerance to find corners
 _CORNER_TURN = np.deg2rad(55.0)  # a turn this sharp is a corner and is not smoothed over
 _MAX_CORNERS = 8
+_TRUNCATE = 4.0  # Gaussian kernel radius in sigmas (scipy.ndimage's default)
 
 
 @dataclass(frozen=True)
@@ -89,70 +91,478 @@ class Outline:
         return self.hull_perimeter / self.perimeter if self.perimeter > 0 else 1.0
 
 
-def _resample(points: np.ndarray, closed: bool) -> np.ndarray:
-    pts = np.vstack([points, points[:1]]) if closed else points
-    seg = np.hypot(*np.diff(pts, axis=0).T)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    n = max(int(np.ceil(s[-1] / _STEP_PX)), 4)
-    t = np.linspace(0.0, s[-1], n, endpoint=not closed)
-    return np.stack([np.interp(t, s, pts[:, 0]), np.interp(t, s, pts[:, 1])], axis=1)
+# All particles of a frame are outlined at once: loops (closed polylines) are stored
+# concatenated, ``points[offsets[k]:offsets[k + 1]]`` being loop k, so that each step is a
+# few array operations over every loop instead of a Python loop over particles.
+
+# Marching-squares segments of a 2 × 2 square by its case (bits: 1 upper left, 2 upper right,
+# 4 lower left, 8 lower right in the particle), drawn as skimage.measure.find_contours draws
+# them with fully_connected='high' (particle on the right of each segment): from, to, from,
+# to (a saddle has two), as edges 0 top, 1 bottom, 2 left, 3 right; -1 none.
+_SEGMENTS = np.array(
+    [[-1, -1, -1, -1], [0, 2, -1, -1], [3, 0, -1, -1], [3, 2, -1, -1],
+     [2, 1, -1, -1], [0, 1, -1, -1], [2, 0, 3, 1], [3, 1, -1, -1],
+     [1, 3, -1, -1], [0, 3, 1, 2], [1, 0, -1, -1], [1, 2, -1, -1],
+     [2, 3, -1, -1], [0, 3, -1, -1], [2, 0, -1, -1], [-1, -1, -1, -1]],
+    dtype=np.int64,
+)  # fmt: skip
+# Edge midpoints on the doubled grid, from the square's upper-left pixel (top, bottom, left,
+# right).
+_EDGE_DY = np.array([0, 2, 1, 1], dtype=np.int64)
+_EDGE_DX = np.array([1, 1, 0, 2], dtype=np.int64)
 
 
-def _smooth_closed(points: np.ndarray, sigma: float) -> np.ndarray:
-    r = _resample(points, closed=True)
-    return ndi.gaussian_filter1d(r, sigma / _STEP_PX, axis=0, mode="wrap")
+def _raw_loops(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Marching-squares outlines (level 0.5) of every label's binary mask.
+
+    The same loops as ``find_contours(padded mask, 0.5, fully_connected='high')`` of each
+    label on its own, to the point: same vertices, start and direction (a loop starts at the
+    end of its last segment in raster order, where skimage closes it), in skimage's order
+    (by first segment in raster order).
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+
+    Returns
+    -------
+    points : ndarray of float, shape (M, 2)
+        (row, col) image coordinates of the loop vertices, loop after loop.
+    offsets : ndarray of int, shape (L + 1,)
+        Loop k is ``points[offsets[k]:offsets[k + 1]]``.
+    loop_label : ndarray of int, shape (L,)
+        Label of each loop, loops sorted by label.
+    """
+    padded = np.pad(np.asarray(labels, dtype=np.int32), 1)
+    h2, w2 = padded.shape
+    across = padded[:, 1:] != padded[:, :-1]
+    down = padded[1:] != padded[:-1]
+    rows, cols = np.nonzero(across[:-1] | across[1:] | down[:, :-1] | down[:, 1:])
+    if rows.size == 0:
+        return np.zeros((0, 2)), np.zeros(1, np.int64), np.zeros(0, np.int64)
+    flat = padded.ravel()
+    base = rows * w2 + cols
+    corners = np.stack([flat[base], flat[base + 1], flat[base + w2], flat[base + w2 + 1]])
+    # One (square, label) pair per distinct particle label among a square's corners.
+    square, label = [], []
+    for j in range(4):
+        keep = corners[j] != 0
+        for i in range(j):
+            keep &= corners[j] != corners[i]
+        square.append(np.nonzero(keep)[0])
+        label.append(corners[j][square[-1]])
+    sq = np.concatenate(square)
+    lab = np.concatenate(label).astype(np.int64)
+    c = corners[:, sq]
+    case = (c[0] == lab) + 2 * (c[1] == lab) + 4 * (c[2] == lab) + 8 * (c[3] == lab)
+    seg = _SEGMENTS[case]
+    two = seg[:, 2] >= 0
+    s_sq = np.concatenate([sq, sq[two]])
+    s_lab = np.concatenate([lab, lab[two]])
+    s_from = np.concatenate([seg[:, 0], seg[two, 2]])
+    s_to = np.concatenate([seg[:, 1], seg[two, 3]])
+    sub = np.concatenate([np.zeros(sq.size, np.int64), np.ones(int(two.sum()), np.int64)])
+    # Segments by label, then in raster order (squares come row by row from nonzero).
+    order = np.argsort(s_lab * (2 * rows.size) + 2 * s_sq + sub, kind="stable")
+    s_sq, s_lab, s_from, s_to = s_sq[order], s_lab[order], s_from[order], s_to[order]
+    y2, x2 = 2 * rows[s_sq], 2 * cols[s_sq]
+    stride = 2 * w2 + 1
+    n_points = (2 * h2 + 1) * stride
+    from_y, from_x = y2 + _EDGE_DY[s_from], x2 + _EDGE_DX[s_from]
+    key_from = s_lab * n_points + from_y * stride + from_x
+    key_to = s_lab * n_points + (y2 + _EDGE_DY[s_to]) * stride + x2 + _EDGE_DX[s_to]
+    by_from = np.argsort(key_from)
+    nxt = by_from[np.searchsorted(key_from[by_from], key_to)]  # the segment that follows
+    # Loops are the cycles of `nxt`. Pointer doubling gives each segment the first and last
+    # segment of its loop (stable once a window covers the loop) ...
+    idx = np.arange(nxt.size)
+    last, first, ptr = idx.copy(), idx.copy(), nxt.copy()
+    while True:
+        last2, first2 = np.maximum(last, last[ptr]), np.minimum(first, first[ptr])
+        ptr = ptr[ptr]
+        if np.array_equal(last2, last) and np.array_equal(first2, first):
+            break
+        last, first = last2, first2
+    # ... and its number of steps to the last one (list ranking).
+    is_last = idx == last
+    steps = (~is_last).astype(np.int64)
+    ptr = np.where(is_last, idx, nxt)
+    while not np.array_equal(ptr, last):
+        steps = steps + steps[ptr]
+        ptr = ptr[ptr]
+    heads = np.nonzero(is_last)[0]  # one per loop, in label order
+    length = np.bincount(last, minlength=nxt.size)
+    loop_order = np.lexsort((first[heads], s_lab[heads]))
+    heads = heads[loop_order]
+    rank = np.empty(nxt.size, np.int64)
+    rank[heads] = np.arange(heads.size)
+    offsets = np.concatenate([[0], np.cumsum(length[heads])])
+    # A loop's vertices are its segments' start points, from the segment after the last.
+    at = offsets[rank[last]] + length[last] - 1 - steps
+    points = np.empty((nxt.size, 2))
+    points[at, 0] = from_y / 2.0 - 1.0
+    points[at, 1] = from_x / 2.0 - 1.0
+    return points, offsets, s_lab[heads]
 
 
-def _smooth_open(points: np.ndarray, sigma: float) -> np.ndarray:
-    r = _resample(points, closed=False)
-    k = min(int(4 * sigma / _STEP_PX) + 1, len(r) - 1)
-    if k < 1:
-        return r
-    # Odd reflection about the end points keeps a straight piece straight up to the corner.
-    head = 2 * r[0] - r[1 : k + 1][::-1]
-    tail = 2 * r[-1] - r[-k - 1 : -1][::-1]
-    padded = np.vstack([head, r, tail])
-    return ndi.gaussian_filter1d(padded, sigma / _STEP_PX, axis=0, mode="nearest")[k:-k]
+def _group_starts(counts: np.ndarray) -> np.ndarray:
+    """Offsets of groups of `counts` items stored one after another, shape (G + 1,)."""
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
 
-def _corners(contour: np.ndarray) -> list[int]:
-    """Indices of contour vertices where the outline turns by more than `_CORNER_TURN`."""
-    scale = 64.0  # approxPolyDP wants integer points; keep 1/64 px resolution
-    pts = np.round(contour[:, ::-1] * scale).astype(np.int32).reshape(-1, 1, 2)
-    poly = cv2.approxPolyDP(pts, _CORNER_EPS_PX * scale, True).reshape(-1, 2)
-    if len(poly) < 3:
-        return []
-    # approxPolyDP returns a subset of its input points: find their indices by value.
-    key = pts[:, 0, 0].astype(np.int64) * (1 << 31) + pts[:, 0, 1]
-    idx = np.nonzero(np.isin(key, poly[:, 0].astype(np.int64) * (1 << 31) + poly[:, 1]))[0]
-    if len(idx) < 3:
-        return []
-    v = contour[idx]
-    d_in = v - np.roll(v, 1, axis=0)
-    d_out = np.roll(v, -1, axis=0) - v
-    cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
-    turn = np.abs(np.arctan2(cross, (d_in * d_out).sum(axis=1)))
-    return [int(i) for i in idx[turn >= _CORNER_TURN]]
+def _within(counts: np.ndarray) -> np.ndarray:
+    """Position of each item in its group: concatenated ``arange(c)`` for each count c."""
+    return np.arange(int(counts.sum())) - np.repeat(_group_starts(counts)[:-1], counts)
 
 
-def _smooth_contour(contour: np.ndarray) -> np.ndarray:
-    """Smooth a closed contour along its length, without smoothing across corners."""
-    seg = np.hypot(*np.diff(np.vstack([contour, contour[:1]]), axis=0).T)
-    length = float(seg.sum())
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for each (s, c)."""
+    return np.repeat(starts, counts) + _within(counts)
+
+
+def _segmented_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Cumulative sum within each group, as np.cumsum of each group on its own (bit for bit).
+
+    Groups of similar size are stacked (zero padded) and summed along rows, so that no sum
+    runs across groups: a global cumsum minus the group's start would carry the rounding of
+    everything before it (a straight piece 12 px long would come out 12 + 4e-15 px, and be
+    resampled at one more point).
+    """
+    out = np.empty_like(values)
+    starts = _group_starts(counts)[:-1]
+    order = np.argsort(counts, kind="stable")
+    sorted_counts = counts[order]
+    i = 0
+    while i < order.size:  # buckets of groups up to twice the smallest one's size
+        j = int(np.searchsorted(sorted_counts, 2 * max(int(sorted_counts[i]), 1), side="right"))
+        which = order[i:j]
+        col = np.arange(int(counts[which].max()))
+        valid = col[None, :] < counts[which][:, None]
+        at = starts[which][:, None] + col[None, :]
+        block = np.where(valid, values[np.where(valid, at, 0)], 0.0)
+        out[at[valid]] = np.cumsum(block, axis=1)[valid]
+        i = j
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _gaussian_weights(sigma: float) -> np.ndarray:
+    """Half of scipy.ndimage.gaussian_filter1d's kernel (centre first), computed the same way."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x**2)
+    return (phi / phi.sum())[radius:]
+
+
+def _gaussian(
+    values: np.ndarray,
+    line: np.ndarray,
+    sigma_px: np.ndarray,
+    gather: Callable[[int], tuple[np.ndarray, np.ndarray]],
+) -> np.ndarray:
+    """Gaussian filter of many lines at once, summed in scipy's order (symmetric kernel).
+
+    `gather(m)` returns the samples at offset ±m of each output sample, extended as the
+    line's boundary mode says.
+    """
+    kernels = [_gaussian_weights(float(s)) for s in sigma_px]
+    radius = max((len(k) - 1 for k in kernels), default=0)
+    table = np.zeros((len(kernels), radius + 1))
+    for i, k in enumerate(kernels):
+        table[i, : len(k)] = k
+    w = table[line]
+    out = values * w[:, :1]
+    for m in range(radius, 0, -1):  # taps beyond a line's radius have weight 0
+        lo, hi = gather(m)
+        out += (lo + hi) * w[:, m : m + 1]
+    return out
+
+
+def _resample(
+    points: np.ndarray, index: np.ndarray, counts: np.ndarray, closed: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample polylines at `_STEP_PX` along their length (np.interp per line, batched).
+
+    `index` holds the lines' vertex indices into `points`, concatenated (`counts` each).
+    Closed lines are resampled around back to their start, without repeating it; open lines
+    include both end points. Returns the samples and their count per line.
+    """
+    if closed:  # repeat the first vertex at the end
+        bounds = _group_starts(counts)
+        index = np.insert(index, bounds[1:], index[bounds[:-1]])
+        counts = counts + 1
+    xy = points[index]
+    starts = _group_starts(counts)
+    d = np.diff(xy, axis=0)
+    seg = np.hypot(d[:, 0], d[:, 1])
+    step_in = np.concatenate([[0.0], seg])  # length of the step into each vertex
+    step_in[starts[:-1]] = 0.0  # a line's first vertex (the step from the previous line)
+    s = _segmented_cumsum(step_in, counts)  # arc length from the line's start
+    end = s[starts[1:] - 1]
+    n = np.maximum(np.ceil(end / _STEP_PX).astype(np.int64), 4)
+    step = end / (n if closed else n - 1)
+    line = np.repeat(np.arange(counts.size), n)
+    t = _within(n) * step[line]  # as np.linspace
+    if not closed:
+        t[_group_starts(n)[1:] - 1] = end
+    # Segment of each sample: searched on line-offset arc lengths, then checked locally.
+    span = 2.0 ** np.ceil(np.log2(float(end.max()) + 2.0))
+    j = np.searchsorted(s + np.repeat(np.arange(counts.size) * span, counts),
+                        t + line * span, side="right") - 1  # fmt: skip
+    first, final = starts[:-1][line], starts[1:][line] - 1
+    j = np.clip(j, first, final - 1)
+    j -= (t < s[j]) & (j > first)
+    j += (t >= s[np.minimum(j + 1, final)]) & (j + 1 < final)
+    slope = (xy[j + 1] - xy[j]) / (s[j + 1] - s[j])[:, None]
+    out = slope * (t - s[j])[:, None] + xy[j]
+    past = t >= end[line]
+    out[past] = xy[final[past]]
+    return out, n
+
+
+def _smooth_loops(points: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth closed contours along their length, without smoothing across corners.
+
+    Parameters
+    ----------
+    points : ndarray of float, shape (M, 2)
+        Loop vertices (row, col), loop after loop; coordinates of each particle's crop.
+    offsets : ndarray of int, shape (L + 1,)
+
+    Returns
+    -------
+    (points, offsets) of the smoothed loops, in the same order.
+    """
+    counts = np.diff(offsets)
+    n_loops = counts.size
+    if n_loops == 0:
+        return points, offsets
+    loop = np.repeat(np.arange(n_loops), counts)
+    ahead = np.arange(len(points)) + 1
+    ahead[offsets[1:] - 1] = offsets[:-1]
+    d = points[ahead] - points
+    length = np.bincount(loop, weights=np.hypot(d[:, 0], d[:, 1]), minlength=n_loops)
     # A tiny particle would be shrunk by a 1 px smoothing: cap sigma at a quarter radius.
-    sigma = min(_SMOOTH_PX, length / (8 * np.pi))
-    if sigma < 0.1 or len(contour) < 4:
-        return contour
-    corners = _corners(contour)
+    sigma = np.minimum(_SMOOTH_PX, length / (8 * np.pi))
+    smooth = (sigma >= 0.1) & (counts >= 4)
+
+    # Corners: vertices of the Douglas-Peucker polygon where the outline turns sharply.
+    scale = 64.0  # approxPolyDP wants integer points; keep 1/64 px resolution
+    pts = np.ascontiguousarray(np.round(points[:, ::-1] * scale).astype(np.int32))
+    key = (loop << 42) | ((pts[:, 0].astype(np.int64) + 64) << 21) | (pts[:, 1] + 64)
+    poly_keys = []
+    for k in np.nonzero(smooth)[0]:
+        a, b = offsets[k], offsets[k + 1]
+        poly = cv2.approxPolyDP(pts[a:b].reshape(-1, 1, 2), _CORNER_EPS_PX * scale, True)
+        if len(poly) >= 3:
+            poly = poly.reshape(-1, 2).astype(np.int64)
+            poly_keys.append((int(k) << 42) | ((poly[:, 0] + 64) << 21) | (poly[:, 1] + 64))
+    n_corners = np.zeros(n_loops, np.int64)
+    corner = np.zeros(0, np.int64)
+    if poly_keys:
+        # approxPolyDP returns a subset of its input points: find them by value.
+        vert = np.nonzero(np.isin(key, np.concatenate(poly_keys)))[0]
+        vloop = loop[vert]
+        head = np.r_[True, vloop[1:] != vloop[:-1]]
+        tail = np.r_[vloop[1:] != vloop[:-1], True]
+        prev, nxt = np.arange(vert.size) - 1, np.arange(vert.size) + 1
+        prev[head], nxt[tail] = np.nonzero(tail)[0], np.nonzero(head)[0]
+        v = points[vert]
+        d_in, d_out = v - v[prev], v[nxt] - v
+        cross = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]
+        turn = np.abs(np.arctan2(cross, (d_in * d_out).sum(axis=1)))
+        enough = np.bincount(vloop, minlength=n_loops) >= 3
+        corner = vert[(turn >= _CORNER_TURN) & enough[vloop]]
+        n_corners = np.bincount(loop[corner], minlength=n_loops)
     # A polygon has a few corners; a ragged outline many, and is smoothed as a whole.
-    if not 2 <= len(corners) <= _MAX_CORNERS:
-        return _smooth_closed(contour, sigma)
-    n = len(contour)
-    pieces = []
-    for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
-        idx = np.arange(a, b + 1) if b > a else np.concatenate([np.arange(a, n), np.arange(b + 1)])
-        pieces.append(_smooth_open(contour[idx], sigma)[:-1])
-    return np.vstack(pieces)
+    pieces = smooth & (n_corners >= 2) & (n_corners <= _MAX_CORNERS)
+    whole = smooth & ~pieces
+
+    out_counts = counts.copy()
+    parts: list[tuple[np.ndarray, np.ndarray]] = []  # (loops, their smoothed points)
+
+    # Whole loops: resample around, Gaussian with wrap-around.
+    k_whole = np.nonzero(whole)[0]
+    if k_whole.size:
+        r, n = _resample(points, _ranges(offsets[k_whole], counts[k_whole]), counts[k_whole], True)
+        line = np.repeat(np.arange(k_whole.size), n)
+        i, nl = _within(n), n[line]
+        first = np.arange(len(r)) - i
+
+        def wrap(m: int) -> tuple[np.ndarray, np.ndarray]:
+            return r[first + (i - m) % nl], r[first + (i + m) % nl]
+
+        parts.append((k_whole, _gaussian(r, line, sigma[k_whole] / _STEP_PX, wrap)))
+        out_counts[k_whole] = n
+
+    # Loops with corners: each piece between corners resampled with its end points, smoothed
+    # with an odd reflection about them (a straight piece stays straight up to the corner);
+    # its last point is the next piece's first.
+    k_piece = np.nonzero(pieces)[0]
+    if k_piece.size:
+        cloop = loop[corner]
+        sel = pieces[cloop]
+        c_at, cloop = corner[sel] - offsets[cloop[sel]], cloop[sel]
+        bounds = _group_starts(n_corners[k_piece])
+        c_next = np.arange(c_at.size) + 1  # the piece's end corner, around the loop
+        c_next[bounds[1:] - 1] = bounds[:-1]
+        size = counts[cloop]
+        p_len = (c_at[c_next] - c_at) % size + 1
+        local = (np.repeat(c_at, p_len) + _within(p_len)) % np.repeat(size, p_len)
+        r, n = _resample(points, local + np.repeat(offsets[cloop], p_len), p_len, False)
+        reach = np.minimum((4 * sigma[cloop] / _STEP_PX).astype(np.int64) + 1, n - 1)
+        line = np.repeat(np.arange(p_len.size), n)
+        i, nl, kl = _within(n), n[line], reach[line]
+        first = np.arange(len(r)) - i
+
+        def reflect(u: np.ndarray) -> np.ndarray:
+            u = np.clip(u, -kl, nl - 1 + kl)  # 'nearest' beyond the reflected ends
+            inside = np.clip(u, 0, nl - 1)
+            val = r[first + inside].copy()
+            lo, hi = u < 0, u >= nl
+            val[lo] = 2 * r[first[lo]] - r[first[lo] - u[lo]]
+            val[hi] = 2 * r[first[hi] + nl[hi] - 1] - r[first[hi] + 2 * (nl[hi] - 1) - u[hi]]
+            return val
+
+        smoothed = _gaussian(
+            r, line, sigma[cloop] / _STEP_PX, lambda m: (reflect(i - m), reflect(i + m))
+        )
+        out_counts[k_piece] = np.bincount(cloop, weights=n - 1, minlength=n_loops)[k_piece]
+        parts.append((k_piece, smoothed[i < nl - 1]))
+
+    new_offsets = _group_starts(out_counts)
+    out = np.empty((int(new_offsets[-1]), 2))
+    plain = np.nonzero(~smooth)[0]
+    out[_ranges(new_offsets[plain], counts[plain])] = points[_ranges(offsets[plain], counts[plain])]
+    for ks, values in parts:
+        out[_ranges(new_offsets[ks], out_counts[ks])] = values
+    return out, new_offsets
+
+
+def _closed_polylines(
+    points: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Length and enclosed area of closed polylines stored one after another.
+
+    Returns the per-line length and area, and each vertex's line index.
+    """
+    line = np.repeat(np.arange(counts.size), counts)
+    ahead = np.arange(len(points)) + 1
+    ends = _group_starts(counts)
+    ahead[ends[1:] - 1] = ends[:-1]
+    d = points[ahead] - points
+    length = np.bincount(line, weights=np.sqrt((d * d).sum(axis=1)), minlength=counts.size)
+    y, x = points[:, 0], points[:, 1]
+    area = 0.5 * np.abs(
+        np.bincount(line, weights=x * y[ahead] - y * x[ahead], minlength=counts.size)
+    )
+    return length, area, line
+
+
+_MAX_HULL_VERTICES = 96
+_CALIPER_BATCH = 128  # hulls per batch of the all-pairs arrays (≤ 128 × 96 × 96)
+
+
+def _calipers(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(min width, max diameter) of convex polygons, each given counter-clockwise.
+
+    The smoothed outline of a large particle has hundreds of hull vertices; every k-th is
+    kept (at most 96), which moves the Feret diameters by under 0.1 px (chord sagitta), and
+    keeps the all-pairs work small. Polygons are padded with their first vertex (which moves
+    neither the widths nor the diameter) to batch them by size.
+    """
+    kept = [h[:: int(np.ceil(len(h) / _MAX_HULL_VERTICES))] for h in hulls]
+    sizes = np.array([len(h) for h in kept], dtype=np.int64)
+    width, diameter = np.zeros(len(kept)), np.zeros(len(kept))
+    if not kept:
+        return width, diameter
+    flat = np.concatenate(kept)
+    starts = _group_starts(sizes)[:-1]
+    order = np.argsort(sizes, kind="stable")
+    for b in range(0, len(order), _CALIPER_BATCH):
+        which = order[b : b + _CALIPER_BATCH]
+        size, start = sizes[which][:, None], starts[which][:, None]
+        j = np.arange(int(size.max()))[None, :]
+        inside = j < size
+        pts = flat[start + np.where(inside, j, 0)]  # (B, M, 2)
+        edges = flat[start + np.where(inside, (j + 1) % size, 0)] - pts
+        norms = np.hypot(edges[..., 0], edges[..., 1])
+        valid = inside & (norms > 1e-12)
+        norms = np.where(valid, norms, 1.0)
+        ny, nx = -edges[..., 1] / norms, edges[..., 0] / norms
+        y, x = pts[..., 0], pts[..., 1]
+        # Projections on each edge's normal, (B, edge, vertex); reductions run along the
+        # last, contiguous axis.
+        proj = ny[:, :, None] * y[:, None, :] + nx[:, :, None] * x[:, None, :]
+        spans = np.where(valid, proj.max(axis=2) - proj.min(axis=2), np.inf)
+        width[which] = spans.min(axis=1)
+        dy, dx = y[:, :, None] - y[:, None, :], x[:, :, None] - x[:, None, :]
+        diameter[which] = np.sqrt((dy * dy + dx * dx).reshape(len(which), -1).max(axis=1))
+    return width, diameter
+
+
+def _outline_shapes(
+    points: np.ndarray,
+    offsets: np.ndarray,
+    loop_particle: np.ndarray,
+    n: int,
+    spacing: tuple[float, float],
+) -> dict[str, np.ndarray]:
+    """`Outline` fields of every particle from its smoothed loops, in the units of `spacing`.
+
+    Parameters
+    ----------
+    points : ndarray of float, shape (M, 2)
+        Smoothed loops (pixel coordinates of each particle's crop), loop after loop.
+    offsets : ndarray of int, shape (L + 1,)
+    loop_particle : ndarray of int, shape (L,)
+        Particle index (0 … n - 1) of each loop; a particle's loops are consecutive.
+    n : int
+        Number of particles; those without a loop get NaN.
+    spacing : (float, float)
+        Pixel size along (y, x).
+
+    Returns
+    -------
+    dict of str to ndarray, each of shape (n,)
+        ``perimeter``, ``area``, ``hull_perimeter``, ``hull_area``, ``feret_min``,
+        ``feret_max``.
+    """
+    out = {k: np.full(n, np.nan) for k in _OUTLINE_FIELDS}
+    counts = np.diff(offsets)
+    if counts.size == 0:
+        return out
+    p = points * np.asarray(spacing, dtype=float)
+    length, area, _ = _closed_polylines(p, counts)
+    # The outer boundary is the longest loop (as the first of `outline`); holes lie inside it.
+    order = np.lexsort((np.arange(counts.size), -counts, loop_particle))
+    particle = loop_particle[order]
+    outer = order[np.r_[True, particle[1:] != particle[:-1]]]
+    who = loop_particle[outer]
+    out["perimeter"][who] = np.bincount(loop_particle, weights=length, minlength=n)[who]
+    holes = np.bincount(loop_particle, weights=area, minlength=n)[who] - area[outer]
+    out["area"][who] = area[outer] - holes
+    hulls = [
+        cv2.convexHull(p[offsets[k] : offsets[k + 1]].astype(np.float32))
+        .reshape(-1, 2)
+        .astype(np.float64)
+        for k in outer
+    ]
+    sizes = np.array([len(h) for h in hulls], dtype=np.int64)
+    h_len, h_area, _ = _closed_polylines(np.concatenate(hulls), sizes)
+    ok = sizes >= 3
+    out["hull_perimeter"][who] = np.where(ok, h_len, out["perimeter"][who])
+    out["hull_area"][who] = np.where(ok, h_area, 0.0)
+    width, diameter = _calipers([hulls[j] for j in np.nonzero(ok)[0]])
+    out["feret_min"][who[ok]], out["feret_max"][who[ok]] = width, diameter
+    for j in np.nonzero(~ok)[0]:  # a degenerate (collinear) outline
+        h = hulls[j]
+        out["feret_min"][who[j]] = 0.0
+        out["feret_max"][who[j]] = np.hypot(*(h.max(axis=0) - h.min(axis=0))) if len(h) else 0.0
+    return out
+
+
+_OUTLINE_FIELDS = ("perimeter", "area", "hull_perimeter", "hull_area", "feret_min", "feret_max")
 
 
 def outline(mask: np.ndarray) -> list[np.ndarray]:
@@ -169,48 +579,11 @@ def outline(mask: np.ndarray) -> list[np.ndarray]:
         Closed (row, col) polylines in pixel coordinates of `mask`: the outer boundary first,
         then holes; the last point is not repeated.
     """
-    padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    contours = find_contours(padded, 0.5, fully_connected="high")
-    out = []
-    for c in contours:
-        c = c[:-1] - 1.0 if len(c) > 1 and np.allclose(c[0], c[-1]) else c - 1.0
-        if len(c) >= 3:
-            out.append(_smooth_contour(c))
-    out.sort(key=len, reverse=True)
-    return out
-
-
-def _polygon_area(p: np.ndarray) -> float:
-    y, x = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0]))
-
-
-def _closed_length(p: np.ndarray) -> float:
-    d = np.diff(p, axis=0, append=p[:1])
-    return float(np.sqrt((d * d).sum(axis=1)).sum())
-
-
-_MAX_HULL_VERTICES = 96
-
-
-def _calipers(hull: np.ndarray) -> tuple[float, float]:
-    """(min width, max diameter) of a convex polygon given counter-clockwise.
-
-    The smoothed outline of a large particle has hundreds of hull vertices; every k-th is
-    kept (at most 96), which moves the Feret diameters by under 0.1 px (chord sagitta), and
-    keeps the all-pairs work small.
-    """
-    if len(hull) > _MAX_HULL_VERTICES:
-        hull = hull[:: int(np.ceil(len(hull) / _MAX_HULL_VERTICES))]
-    edges = np.roll(hull, -1, axis=0) - hull
-    norms = np.hypot(edges[:, 0], edges[:, 1])
-    keep = norms > 1e-12
-    normals = np.stack([-edges[keep, 1], edges[keep, 0]], axis=1) / norms[keep, None]
-    proj = hull @ normals.T
-    width = float((proj.max(axis=0) - proj.min(axis=0)).min())
-    diff = hull[:, None, :] - hull[None, :, :]
-    diameter = float(np.sqrt((diff**2).sum(axis=-1)).max())
-    return width, diameter
+    points, offsets, _ = _raw_loops(np.asarray(mask, dtype=bool))
+    points, offsets = _smooth_loops(points, offsets)
+    lines = [points[a:b] for a, b in itertools.pairwise(offsets)]
+    lines.sort(key=len, reverse=True)
+    return lines
 
 
 def describe(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Outline:
@@ -223,20 +596,31 @@ def describe(mask: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0)) -> Out
     spacing : (float, float)
         Pixel size along (y, x); the results are in these units.
     """
-    lines = outline(mask)
-    if not lines:
+    points, offsets, _ = _raw_loops(np.asarray(mask, dtype=bool))
+    if offsets.size < 2:
         return Outline(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    scale = np.asarray(spacing, dtype=float)
-    lines = [p * scale for p in lines]
-    perimeter = sum(_closed_length(p) for p in lines)
-    area = _polygon_area(lines[0]) - sum(_polygon_area(p) for p in lines[1:])
-    # Holes lie inside the outer outline: its hull is the particle's hull.
-    hull = cv2.convexHull(lines[0].astype(np.float32)).reshape(-1, 2).astype(np.float64)
-    if len(hull) < 3:  # degenerate (collinear) outline
-        d = float(np.hypot(*(hull.max(axis=0) - hull.min(axis=0)))) if len(hull) else 0.0
-        return Outline(perimeter, area, perimeter, 0.0, 0.0, d)
-    width, diameter = _calipers(hull)
-    return Outline(perimeter, area, _closed_length(hull), _polygon_area(hull), width, diameter)
+    points, offsets = _smooth_loops(points, offsets)
+    shape = _outline_shapes(points, offsets, np.zeros(offsets.size - 1, np.int64), 1, spacing)
+    return Outline(*(float(shape[k][0]) for k in _OUTLINE_FIELDS))
+
+
+def _lattice_points(hulls: list[np.ndarray]) -> np.ndarray:
+    """Lattice points inside or on integer convex polygons, by Pick's theorem (exact)."""
+    if not hulls:
+        return np.zeros(0, np.int64)
+    sizes = np.array([len(h) for h in hulls], dtype=np.int64)
+    h = np.concatenate(hulls).astype(np.int64)
+    starts = _group_starts(sizes)
+    ahead = np.arange(len(h)) + 1
+    ahead[starts[1:] - 1] = starts[:-1]
+    e = h[ahead] - h
+    boundary = np.add.reduceat(np.gcd(np.abs(e[:, 0]), np.abs(e[:, 1])), starts[:-1])
+    area2 = np.abs(np.add.reduceat(h[:, 0] * h[ahead, 1] - h[:, 1] * h[ahead, 0], starts[:-1]))
+    return np.where(sizes > 2, area2 // 2, 0) + boundary // 2 + 1
+
+
+def _pixel_hull(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    return cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.int32)).reshape(-1, 2)
 
 
 def _scaled(shape: Outline, factor: float) -> Outline:
@@ -262,16 +646,7 @@ def digital_solidity(mask: np.ndarray) -> float:
     count = int(mask.sum())
     if count < 3:
         return 1.0
-    rows, cols = np.nonzero(mask)
-    hull = cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.int32)).reshape(-1, 2)
-    hull = hull.astype(np.int64)
-    edges = np.roll(hull, -1, axis=0) - hull
-    boundary = int(np.gcd(np.abs(edges[:, 0]), np.abs(edges[:, 1])).sum())
-    area2 = abs(
-        int(np.dot(hull[:, 0], np.roll(hull[:, 1], -1)))
-        - int(np.dot(hull[:, 1], np.roll(hull[:, 0], -1)))
-    )
-    lattice = area2 // 2 + boundary // 2 + 1 if len(hull) > 2 else boundary // 2 + 1
+    lattice = int(_lattice_points([_pixel_hull(*np.nonzero(mask))])[0])
     return count / max(lattice, count)
 
 
@@ -403,58 +778,83 @@ def measure_particles(
             if inside.size and np.median(inside) < global_bg:
                 sign = -1.0
 
-    cols = {k: np.full(n, np.nan) for k in ("x", "y", "perimeter_px", "perimeter_nm")}
-    for k in ("feret_min_px", "feret_max_px", "feret_min_nm", "feret_max_nm"):
-        cols[k] = np.full(n, np.nan)
-    for k in ("convexity", "solidity", "intensity", "background"):
+    cols = {k: np.full(n, np.nan) for k in ("x", "y", "perimeter_nm")}
+    for k in ("feret_min_nm", "feret_max_nm", "solidity", "intensity", "background"):
         cols[k] = np.full(n, np.nan)
     border = np.zeros(n, np.int8)
-    agglomerate = np.zeros(n, np.int8)
-    pad = intensity_margin_px + background_ring_px + 1
-    for i, sl in enumerate(ndi.find_objects(labels)):
-        if sl is None:
-            continue
-        lab = i + 1
-        r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        border[i] = r0 == 0 or c0 == 0 or r1 == height or c1 == width
-        own = labels[sl] == lab
-        shape_px = describe(own)
-        shape = shape_px
-        if pixel_size_nm is not None:
-            # Square pixels: scale; anisotropic ones: measure again in nm (shape changes).
-            shape = describe(own, spacing) if anisotropic else _scaled(shape_px, px)
-        cols["perimeter_px"][i] = shape_px.perimeter
-        cols["feret_min_px"][i], cols["feret_max_px"][i] = shape_px.feret_min, shape_px.feret_max
-        if pixel_size_nm is not None:
-            cols["perimeter_nm"][i] = shape.perimeter
-            cols["feret_min_nm"][i], cols["feret_max_nm"][i] = shape.feret_min, shape.feret_max
-        convex, cols["solidity"][i] = convexity_test(
-            own, threshold=convexity_threshold, shape=shape
-        )
-        cols["convexity"][i] = shape.convexity
-        agglomerate[i] = not convex
 
-        rows, cs = np.nonzero(own)
-        if image is None:
-            cols["y"][i], cols["x"][i] = rows.mean() + r0, cs.mean() + c0
-            continue
-        # Bounding box grown by margin + ring: per-particle work stays on a small crop.
-        R0, R1 = max(r0 - pad, 0), min(r1 + pad, height)
-        C0, C1 = max(c0 - pad, 0), min(c1 + pad, width)
-        crop = labels[R0:R1, C0:C1]
-        img = image[R0:R1, C0:C1]
-        zone, ring = _zones(
-            crop == lab, (crop != 0) & (crop != lab), intensity_margin_px, background_ring_px
-        )
-        bg = float(img[ring].mean()) if ring.any() else global_bg
-        cols["background"][i] = bg
-        cols["intensity"][i] = sign * float((img[zone] - bg).sum())
-        w = np.clip(sign * (image[rows + r0, cs + c0] - bg), 0.0, None)
-        if w.sum() > 0:
-            cols["y"][i] = float((w * rows).sum() / w.sum()) + r0
-            cols["x"][i] = float((w * cs).sum() / w.sum()) + c0
+    # Outlines of all particles at once, each in the pixel coordinates of its bounding box
+    # (the box of its outer loop's vertices, half a pixel outside its pixels).
+    points, offsets, loop_label = _raw_loops(labels)
+    loop_particle = loop_label - 1
+    counts = np.diff(offsets)
+    vertex_particle = np.repeat(loop_particle, counts)
+    first = np.nonzero(np.r_[True, loop_particle[1:] != loop_particle[:-1]])[0]
+    present = loop_particle[first]  # particles with pixels, ascending
+    at = offsets[first] if present.size else np.zeros(0, np.int64)
+    lo = np.minimum.reduceat(points, at, axis=0) + 0.5 if present.size else np.zeros((0, 2))
+    hi = np.maximum.reduceat(points, at, axis=0) + 0.5 if present.size else np.zeros((0, 2))
+    box = np.zeros((n, 4), np.int64)  # r0, r1, c0, c1
+    box[present] = np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], axis=1).astype(np.int64)
+    origin = np.zeros((n, 2))
+    origin[present] = lo
+    smoothed, smooth_offsets = _smooth_loops(points - origin[vertex_particle], offsets)
+    shape_px = _outline_shapes(smoothed, smooth_offsets, loop_particle, n, (1.0, 1.0))
+    shape = shape_px
+    if pixel_size_nm is not None:
+        # Square pixels: scale; anisotropic ones: measure again in nm (shape changes).
+        if anisotropic:
+            shape = _outline_shapes(smoothed, smooth_offsets, loop_particle, n, spacing)
         else:
+            shape = {k: v * (px**2 if "area" in k else px) for k, v in shape_px.items()}
+        cols["perimeter_nm"] = shape["perimeter"]
+        cols["feret_min_nm"], cols["feret_max_nm"] = shape["feret_min"], shape["feret_max"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        convexity = np.where(
+            shape["perimeter"] > 0, shape["hull_perimeter"] / shape["perimeter"], 1.0
+        )
+    convexity[~np.isfinite(shape["perimeter"])] = np.nan
+    r0, r1, c0, c1 = box[present].T
+    border[present] = (r0 == 0) | (c0 == 0) | (r1 == height) | (c1 == width)
+
+    pad = intensity_margin_px + background_ring_px + 1
+    hulls, hull_of = [], []
+    for i, (r0, r1, c0, c1) in zip(present.tolist(), box[present].tolist(), strict=True):
+        lab = i + 1
+        if image is None:
+            rows, cs = np.nonzero(labels[r0:r1, c0:c1] == lab)
             cols["y"][i], cols["x"][i] = rows.mean() + r0, cs.mean() + c0
+        else:
+            # Bounding box grown by margin + ring: per-particle work stays on a small crop.
+            R0, R1 = max(r0 - pad, 0), min(r1 + pad, height)
+            C0, C1 = max(c0 - pad, 0), min(c1 + pad, width)
+            crop = labels[R0:R1, C0:C1]
+            img = image[R0:R1, C0:C1]
+            own = crop == lab
+            rows, cs = np.nonzero(own[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0])
+            zone, ring = _zones(own, (crop != 0) & ~own, intensity_margin_px, background_ring_px)
+            bg = float(img[ring].mean()) if ring.any() else global_bg
+            cols["background"][i] = bg
+            cols["intensity"][i] = sign * float((img[zone] - bg).sum())
+            w = np.clip(sign * (img[rows + (r0 - R0), cs + (c0 - C0)] - bg), 0.0, None)
+            if w.sum() > 0:
+                cols["y"][i] = float((w * rows).sum() / w.sum()) + r0
+                cols["x"][i] = float((w * cs).sum() / w.sum()) + c0
+            else:
+                cols["y"][i], cols["x"][i] = rows.mean() + r0, cs.mean() + c0
+        if rows.size >= 3:
+            hulls.append(_pixel_hull(rows, cs))
+            hull_of.append(i)
+    cols["solidity"][present] = 1.0
+    hull_of_arr = np.asarray(hull_of, dtype=np.int64)
+    cols["solidity"][hull_of_arr] = area[hull_of_arr] / np.maximum(
+        _lattice_points(hulls), area[hull_of_arr]
+    )
+    agglomerate = np.zeros(n, np.int8)
+    agglomerate[present] = ~(
+        (convexity[present] >= convexity_threshold)
+        & (cols["solidity"][present] >= convexity_threshold)
+    )
 
     score = np.full(n, np.nan)
     if probability is not None and n:
@@ -463,7 +863,7 @@ def measure_particles(
     diameter_px = 2.0 * np.sqrt(area / np.pi)
     with np.errstate(divide="ignore", invalid="ignore"):
         area_nm2 = area * py * px
-        perim = cols["perimeter_nm"] if pixel_size_nm is not None else cols["perimeter_px"]
+        perim = cols["perimeter_nm"] if pixel_size_nm is not None else shape_px["perimeter"]
         a_phys = area_nm2 if pixel_size_nm is not None else area
         circularity = np.minimum(4.0 * np.pi * a_phys / perim**2, 1.0)
     return {
@@ -476,14 +876,14 @@ def measure_particles(
         "area_nm2": area_nm2,
         "diameter_px": diameter_px,
         "diameter_nm": 2.0 * np.sqrt(area_nm2 / np.pi),
-        "feret_min_px": cols["feret_min_px"],
+        "feret_min_px": shape_px["feret_min"],
         "feret_min_nm": cols["feret_min_nm"],
-        "feret_max_px": cols["feret_max_px"],
+        "feret_max_px": shape_px["feret_max"],
         "feret_max_nm": cols["feret_max_nm"],
-        "perimeter_px": cols["perimeter_px"],
+        "perimeter_px": shape_px["perimeter"],
         "perimeter_nm": cols["perimeter_nm"],
         "circularity": circularity,
-        "convexity": cols["convexity"],
+        "convexity": convexity,
         "solidity": cols["solidity"],
         "intensity": cols["intensity"],
         "background": cols["background"],
