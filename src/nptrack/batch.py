@@ -32,6 +32,7 @@ from nptrack.batch_tasks import (
     MARKER_FILE,
     detect_part,
     finish_series,
+    frame_count,
     register_series,
 )
 from nptrack.config import Config
@@ -346,7 +347,8 @@ def _run(
         for file_parts in parts:
             for f in file_parts:
                 futures[client.submit(len, f, priority=30)] = ("frames", series)
-        frames_total += len(series.files)
+        futures[client.submit(frame_count, reg, priority=30)] = ("count", series)
+        frames_total += len(series.files)  # at least one frame per file until registered
     bar = {"file": sys.stderr, "disable": not progress}
     bars = [
         tqdm(total=frames_total, desc="frames", unit="frame", **bar),
@@ -355,11 +357,15 @@ def _run(
     try:
         for future in as_completed(list(futures)):
             kind, series = futures.pop(future)
-            if kind == "frames":
+            if kind in ("frames", "count"):
                 if future.status == "finished":
                     n = future.result()
-                    bars[0].total = max(bars[0].total, bars[0].n + n)
-                    bars[0].update(n)
+                    if kind == "count":  # the series' frames are known now
+                        bars[0].total += n - len(series.files)
+                        bars[0].refresh()
+                    else:
+                        bars[0].total = max(bars[0].total, bars[0].n + n)
+                        bars[0].update(n)
                 continue
             fin, reg, parts = finish[series.name]
             if future.status == "finished":

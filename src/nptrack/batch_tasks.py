@@ -41,6 +41,7 @@ __all__ = [
     "SeriesRegistration",
     "detect_part",
     "finish_series",
+    "frame_count",
     "register_series",
     "series_row",
 ]
@@ -179,6 +180,11 @@ def register_series(
                 }
             )
     return SeriesRegistration(list(files), counts, rows, anchor, start)
+
+
+def frame_count(registration: SeriesRegistration) -> int:
+    """Frames of a registered series (for the progress bar)."""
+    return len(registration.rows)
 
 
 def detect_part(
