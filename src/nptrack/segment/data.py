@@ -29,11 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from nptrack.segment.infer import normalise
 
 __all__ = [
+    "COLUMN_NORMALISATION",
     "NORMALISATION",
+    "ColumnDataConfig",
     "DataConfig",
     "augment",
+    "column_sample",
     "load_supports",
     "make_batch",
+    "make_column_batch",
     "shapes_sample",
     "simulate_frame",
     "simulate_sample",
@@ -522,3 +526,136 @@ def make_batch(
         np.stack(xs)[:, None].astype(np.float32),
         np.stack(ys)[:, None].astype(np.float32),
     )
+
+
+# -- atomic-column mode ------------------------------------------------------------------------
+#: Normalisation of the column model: percentiles of the full-resolution frame (no shrinking:
+#: averaging would change the statistics of shot noise between tiles and whole frames).
+COLUMN_NORMALISATION = {
+    "method": "percentile",
+    "low": 1.0,
+    "high": 99.5,
+    "clip": [-1.0, 4.0],
+    "stats_px": 1 << 16,
+}
+
+
+class ColumnDataConfig(BaseModel):
+    """Simulated atomic-resolution tiles (the ``[columns]`` table of a training config).
+
+    Ranges are sampled uniformly per tile (``snr`` log-uniformly); see
+    :mod:`nptrack.simulate.columns` for the physics, the SNR definition and the labels.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    crystals: list[str] = Field(["ceo2_110"], description="keys of simulate.columns.CRYSTALS")
+    tile_px: int = Field(128, ge=32)
+    pixel_size_A: float = Field(0.3, gt=0, description="pixel size the model expects (Å)")
+    pixel_size_range: tuple[float, float] = Field((0.92, 1.08), description="sim / model")
+    n_classes: int = Field(16, ge=1, le=254, description="K: occupancy classes 1..K")
+    label_radius_A: float = Field(0.8, gt=0)
+    column_weight: float = Field(5.0, ge=1)
+    diameter_A: tuple[float, float] = (10.0, 45.0)
+    d100_ratio: tuple[float, float] = (1.0, 1.8)
+    truncation: tuple[float, float] = (0.0, 0.45)
+    facet_jitter: tuple[float, float] = (0.0, 0.08)
+    snr: tuple[float, float] = Field((0.7, 5.0), description="log-uniform")
+    clean_fraction: float = Field(0.05, ge=0, le=1, description="tiles without noise")
+    empty_fraction: float = Field(0.03, ge=0, le=1, description="support-only tiles")
+    alpha: tuple[float, float] = (1.5, 1.9)
+    probe_fwhm_A: tuple[float, float] = (0.6, 1.0)
+    defocus_blur_A: tuple[float, float] = (0.0, 0.3)
+    tilt_deg: float = Field(1.0, ge=0, description="max |tilt| about x and about y")
+    vacancy_fraction: tuple[float, float] = (0.0, 0.05)
+    drift: float = Field(0.015, ge=0, description="max |shear| and |stretch|")
+    support_level: tuple[float, float] = (0.2, 3.0)
+    support_variation: tuple[float, float] = (0.0, 0.4)
+    intensity_jitter: float = Field(0.5, ge=0, description="log scale sd after normalising")
+
+
+def _u(rng: np.random.Generator, r: tuple[float, float]) -> float:
+    return float(rng.uniform(r[0], r[1]))
+
+
+def column_sample(
+    cfg: ColumnDataConfig, *, rng: np.random.Generator, snr: float | None = -1.0
+) -> Any:
+    """One random atomic-resolution scene of ``cfg.tile_px``² px.
+
+    Parameters
+    ----------
+    cfg : ColumnDataConfig
+    rng : numpy.random.Generator
+    snr : float or None
+        Fixed SNR (None: no noise); the default -1 draws it from ``cfg``.
+
+    Returns
+    -------
+    nptrack.simulate.columns.ColumnImage
+    """
+    from nptrack.simulate.columns import ColumnSimConfig, simulate_column_image
+
+    n = cfg.tile_px
+    if snr is not None and snr < 0:
+        snr = None if rng.random() < cfg.clean_fraction else _log_uniform(rng, *cfg.snr)
+    empty = rng.random() < cfg.empty_fraction
+    centre = rng.uniform(0.15, 0.85, 2) * n + (10 * n if empty else 0)
+    t = cfg.tilt_deg
+    sim = ColumnSimConfig(
+        crystal=str(rng.choice(cfg.crystals)),
+        shape_px=(n, n),
+        pixel_size_A=cfg.pixel_size_A * _u(rng, cfg.pixel_size_range),
+        diameter_A=_u(rng, cfg.diameter_A),
+        d100_ratio=_u(rng, cfg.d100_ratio),
+        truncation=_u(rng, cfg.truncation),
+        facet_jitter=_u(rng, cfg.facet_jitter),
+        center_px=(float(centre[0]), float(centre[1])),
+        rotation_deg=float(rng.uniform(0, 360)),
+        tilt_deg=(float(rng.uniform(-t, t)), float(rng.uniform(-t, t))),
+        vacancy_fraction=_u(rng, cfg.vacancy_fraction),
+        alpha=_u(rng, cfg.alpha),
+        probe_fwhm_A=_u(rng, cfg.probe_fwhm_A),
+        defocus_blur_A=_u(rng, cfg.defocus_blur_A),
+        drift_shear=float(rng.uniform(-cfg.drift, cfg.drift)),
+        drift_stretch=float(rng.uniform(-cfg.drift, cfg.drift)),
+        support_level=_u(rng, cfg.support_level),
+        support_variation=_u(rng, cfg.support_variation),
+        snr=snr if not empty else (snr or 2.0),
+        n_classes=cfg.n_classes,
+        label_radius_A=cfg.label_radius_A,
+        column_weight=cfg.column_weight,
+    )
+    return simulate_column_image(sim, rng=rng)
+
+
+def make_column_batch(
+    cfg: ColumnDataConfig, batch_size: int, *, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A training batch of atomic-resolution tiles.
+
+    Samples are flipped / rotated by 90° at random, normalised with
+    :data:`COLUMN_NORMALISATION`, then scaled by ``exp(N(0, intensity_jitter))`` (the network
+    must read occupancy from local intensity steps, not from the frame's percentiles, which
+    depend on how much of the frame the particle fills).
+
+    Returns
+    -------
+    x : ndarray of float32, shape (batch_size, 1, tile_px, tile_px)
+    y : ndarray of float32, shape (batch_size, 2, tile_px, tile_px)
+        Channel 0: class of the column owning the pixel (0 = none); channel 1: its label
+        membership ``g`` in [0, 1] (soft target: class with ``g``, background with 1 - g).
+    """
+    xs, ys = [], []
+    for _ in range(batch_size):
+        im = column_sample(cfg, rng=rng)
+        stack = np.stack([im.image, im.owner_class.astype(np.float32), im.membership])
+        k = int(rng.integers(4))
+        stack = np.rot90(stack, k, axes=(1, 2))
+        if rng.random() < 0.5:
+            stack = stack[:, :, ::-1]
+        x = normalise(np.ascontiguousarray(stack[0]), COLUMN_NORMALISATION)
+        x = x * np.float32(np.exp(cfg.intensity_jitter * rng.standard_normal()))
+        xs.append(x)
+        ys.append(np.ascontiguousarray(stack[1:]))
+    return np.stack(xs)[:, None].astype(np.float32), np.stack(ys).astype(np.float32)

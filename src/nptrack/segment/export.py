@@ -132,8 +132,9 @@ def export_onnx(
         Put in eval mode (BatchNorm uses its running statistics; folded by ONNX Runtime).
     out : str or Path
     metadata : dict
-        Must hold every key of :data:`nptrack.segment.infer.REQUIRED_METADATA`; values are
-        stored as JSON.
+        Must hold every key of :data:`nptrack.segment.infer.REQUIRED_METADATA` (or, with
+        ``"task": "columns"``, of :data:`nptrack.segment.columns_infer.REQUIRED_COLUMN_METADATA`);
+        values are stored as JSON.
     fp16 : bool
         Float16 weights and arithmetic (for GPU inference); input/output stay float32.
     opset : int
@@ -149,14 +150,21 @@ def export_onnx(
     meta = {"input_multiple": model.spec.multiple, "architecture": model.spec.to_dict()}
     meta.update(metadata)
     encoded = {METADATA_PREFIX + k: json.dumps(v) for k, v in meta.items()}
-    read_metadata(encoded, origin=str(out))  # the same check as at load time
+    columns = meta.get("task") == "columns"
+    if columns:  # the same checks as at load time
+        from nptrack.segment.columns_infer import read_column_metadata
+
+        read_column_metadata(encoded, origin=str(out))
+    else:
+        read_metadata(encoded, origin=str(out))
     proto = onnx.load_from_string(_to_onnx_bytes(model, opset))
     if fp16:
         proto = convert_to_fp16(proto)
     del proto.metadata_props[:]
     for key, value in sorted(encoded.items()):
         proto.metadata_props.add(key=key, value=value)
-    proto.doc_string = f"nptrack U-Net {meta['model_version']} (particle logits)"
+    kind = "atomic-column class logits" if columns else "particle logits"
+    proto.doc_string = f"nptrack U-Net {meta['model_version']} ({kind})"
     data = proto.SerializeToString()
     diff = _parity(model, data, seed)
     tol = FP16_TOLERANCE if fp16 else FP32_TOLERANCE

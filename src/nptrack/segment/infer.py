@@ -86,6 +86,11 @@ def read_metadata(meta_map: dict[str, str], origin: str = "model") -> dict[str, 
                 meta[key[len(METADATA_PREFIX) :]] = json.loads(text)
             except json.JSONDecodeError:
                 meta[key[len(METADATA_PREFIX) :]] = text
+    if meta.get("task") == "columns":
+        raise ModelFileError(
+            f"{origin}: an atomic-column model (occupancy classes), not a particle model; "
+            "use it with `nptrack columns`"
+        )
     missing = [k for k in REQUIRED_METADATA if k not in meta]
     if missing:
         raise ModelFileError(

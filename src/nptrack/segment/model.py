@@ -1,7 +1,8 @@
 """A small U-Net for particle segmentation (needs the ``[train]`` extra: torch).
 
-One input channel (a normalised micrograph), one output channel of logits (particle vs
-background). The depth (number of resolution levels, the paper's network has 5) and the
+One input channel (a normalised micrograph); one output channel of logits (particle vs
+background) by default, or ``out_channels`` class logits (atomic-column mode: background and
+occupancy classes 1..K). The depth (number of resolution levels, the paper's network has 5) and the
 widths are configurable so that the same code gives the small CPU-friendly default and the
 paper-sized network.
 """
@@ -31,12 +32,16 @@ class UNetSpec:
         Cap on the channels of the deepest levels (keeps the parameter count small).
     first_level_convs : int
         Convolutions at full resolution (1 halves the dominant cost of large frames).
+    out_channels : int
+        Output logits: 1 (particle vs background) or K + 1 classes (atomic columns).
+        Checkpoints and model files written before this field existed hold 1.
     """
 
     depth: int = 5
     base_width: int = 16
     max_width: int = 128
     first_level_convs: int = 2
+    out_channels: int = 1
 
     def widths(self) -> list[int]:
         return [min(self.base_width * 2**k, self.max_width) for k in range(self.depth)]
@@ -73,7 +78,7 @@ class UNet(nn.Module):
     Notes
     -----
     ``forward`` takes ``(N, 1, H, W)`` float32 with ``H`` and ``W`` multiples of
-    ``spec.multiple`` and returns logits of the same shape.
+    ``spec.multiple`` and returns logits of shape ``(N, spec.out_channels, H, W)``.
     """
 
     def __init__(self, spec: UNetSpec | None = None) -> None:
@@ -93,7 +98,7 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList(
             [_block(2 * w[k - 1], w[k - 1], n0 if k == 1 else 2) for k in range(len(w) - 1, 0, -1)]
         )
-        self.head = nn.Conv2d(w[0], 1, 1)
+        self.head = nn.Conv2d(w[0], self.spec.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

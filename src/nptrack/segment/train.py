@@ -4,6 +4,13 @@ Needs the ``[train]`` extra. ``nptrack train --config configs/train/default.toml
 calls :func:`train`. Checkpoints (``last.pt`` every ``checkpoint_every`` steps, ``best.pt`` at
 the best validation Dice) go to ``<out>.ckpt/`` by default; running the same command again
 resumes from ``last.pt``. The validation set is drawn once from its own fixed seed.
+
+``task = "columns"`` (top level of the TOML) trains the atomic-column model instead: K + 1
+output classes (background, occupancy 1..K) on simulated atomic-resolution tiles (the
+``[columns]`` table, :class:`nptrack.segment.data.ColumnDataConfig`) with a spatially weighted
+soft cross-entropy (:func:`column_loss`); the best checkpoint is the one with the best
+validation ``score`` (see :func:`_evaluate_columns`) and is kept under the same ``best_dice``
+checkpoint key.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +31,15 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from nptrack.config import ConfigError, apply_overrides
-from nptrack.segment.data import NORMALISATION, DataConfig, load_supports, make_batch
+from nptrack.segment.data import (
+    COLUMN_NORMALISATION,
+    NORMALISATION,
+    ColumnDataConfig,
+    DataConfig,
+    load_supports,
+    make_batch,
+    make_column_batch,
+)
 from nptrack.segment.export import CHECKPOINT_FORMAT, ExportReport, export_onnx, load_checkpoint
 from nptrack.segment.model import UNet, UNetSpec, count_parameters
 
@@ -38,6 +53,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainResult",
+    "column_loss",
     "dice_bce_loss",
     "load_train_config",
     "train",
@@ -86,15 +102,19 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """A training run: ``[model]``, ``[data]``, ``[optim]`` tables of a TOML file."""
+    """A training run: ``task`` and the ``[model]``, ``[data]`` (particles), ``[columns]``
+    (atomic columns) and ``[optim]`` tables of a TOML file."""
 
+    task: Literal["particles", "columns"] = "particles"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
+    columns: ColumnDataConfig = ColumnDataConfig()
     optim: OptimConfig = OptimConfig()
 
     def spec(self) -> UNetSpec:
         m = self.model
-        return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs)
+        out = self.columns.n_classes + 1 if self.task == "columns" else 1
+        return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs, out)
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -139,24 +159,60 @@ def dice_bce_loss(
     return bce_weight * bce + dice_weight * (1 - dice)
 
 
-def validation_set(cfg: DataConfig, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def column_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Spatially weighted soft cross-entropy of the atomic-column classes.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, K + 1, H, W)
+    target : Tensor, shape (N, 3, H, W)
+        Class of the owning column (0 = none), label membership ``g``, pixel weight ``w``
+        (see :mod:`nptrack.simulate.columns`): the target is the column's class with
+        probability ``g`` and background with ``1 - g``; the loss is
+        ``sum(w * CE) / sum(w)``.
+    """
+    logp = F.log_softmax(logits, dim=1)
+    cls, g, w = target[:, 0:1].long(), target[:, 1:2], target[:, 2:3]
+    ce = -(1 - g) * logp[:, 0:1] - g * logp.gather(1, cls)
+    return (w * ce).sum() / w.sum()
+
+
+def _column_target(y: np.ndarray, column_weight: float) -> np.ndarray:
+    """(class, g) of :func:`make_column_batch` plus the weight channel ``1 + (cw - 1) g``."""
+    w = 1 + (column_weight - 1) * y[:, 1:2]
+    return np.concatenate([y, w.astype(np.float32)], axis=1)
+
+
+def _make(cfg: TrainConfig, n: int, rng: np.random.Generator, supports: Any) -> tuple:
+    if cfg.task == "columns":
+        x, y = make_column_batch(cfg.columns, n, rng=rng)
+        return x, _column_target(y, cfg.columns.column_weight)
+    return make_batch(cfg.data, n, rng=rng, supports=supports)
+
+
+def validation_set(
+    cfg: DataConfig | TrainConfig, n: int, *, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A fixed validation set: ``n`` samples drawn with their own seed (same mix as training)."""
+    if isinstance(cfg, TrainConfig):
+        supports = load_supports(cfg.data) if cfg.task == "particles" else None
+        return _make(cfg, n, np.random.default_rng(seed), supports)
     return make_batch(cfg, n, rng=np.random.default_rng(seed), supports=load_supports(cfg))
 
 
 class _Batches(torch.utils.data.IterableDataset):
     """Endless batches; each worker process gets its own seed derived from (seed, start step)."""
 
-    def __init__(self, cfg: DataConfig, batch_size: int, seed: int, start: int) -> None:
+    def __init__(self, cfg: TrainConfig, batch_size: int, seed: int, start: int) -> None:
         self.cfg, self.batch_size, self.seed, self.start = cfg, batch_size, seed, start
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         info = torch.utils.data.get_worker_info()
         wid = 0 if info is None else info.id
         rng = np.random.default_rng([self.seed, self.start, wid])
-        supports = load_supports(self.cfg)
+        supports = load_supports(self.cfg.data) if self.cfg.task == "particles" else None
         while True:
-            yield make_batch(self.cfg, self.batch_size, rng=rng, supports=supports)
+            yield _make(self.cfg, self.batch_size, rng, supports)
 
 
 @torch.no_grad()
@@ -175,6 +231,24 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             best = {"dice": dice, "iou": inter / max(union, 1.0), "threshold": thr}
     model.train()
     return best
+
+
+@torch.no_grad()
+def _evaluate_columns(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Pixel scores of the column classes: ``exact`` (share of hard-labelled column pixels,
+    ``g >= 0.5``, given their exact class), ``background`` (share of pixels outside every
+    label, ``g = 0``, given background), ``score`` = their product (selects the best step)."""
+    model.eval()
+    pred = np.concatenate(
+        [model(torch.from_numpy(x[i : i + 8])).argmax(1).numpy() for i in range(0, len(x), 8)]
+    )
+    model.train()
+    cls, g = y[:, 0], y[:, 1]
+    col, bg = g >= 0.5, g == 0
+    exact = float((pred[col] == cls[col]).mean()) if col.any() else 0.0
+    within1 = float((np.abs(pred[col] - cls[col]) <= 1).mean()) if col.any() else 0.0
+    background = float((pred[bg] == 0).mean()) if bg.any() else 0.0
+    return {"score": exact * background, "exact": exact, "within1": within1, "bg": background}
 
 
 @dataclass(frozen=True)
@@ -261,9 +335,12 @@ def train(
             )
         model.load_state_dict(init_model.state_dict())
         log.info("initialised from %s", init_from)
-    xv, yv = validation_set(cfg.data, o.val_size, seed=o.val_seed)
+    columns = cfg.task == "columns"
+    key = "score" if columns else "dice"
+    evaluate = _evaluate_columns if columns else _evaluate
+    xv, yv = validation_set(cfg, o.val_size, seed=o.val_seed)
     loader = torch.utils.data.DataLoader(
-        _Batches(cfg.data, o.batch_size, o.seed, step),
+        _Batches(cfg, o.batch_size, o.seed, step),
         batch_size=None,
         num_workers=o.workers,
         persistent_workers=o.workers > 0,
@@ -292,12 +369,15 @@ def train(
     batches = iter(loader)
     while step < o.steps:
         x, y = next(batches)
-        loss = dice_bce_loss(
-            model(torch.as_tensor(x)),
-            torch.as_tensor(y),
-            bce_weight=o.bce_weight,
-            dice_weight=o.dice_weight,
-        )
+        if columns:
+            loss = column_loss(model(torch.as_tensor(x)), torch.as_tensor(y))
+        else:
+            loss = dice_bce_loss(
+                model(torch.as_tensor(x)),
+                torch.as_tensor(y),
+                bce_weight=o.bce_weight,
+                dice_weight=o.dice_weight,
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
@@ -309,11 +389,12 @@ def train(
         bar.set_postfix(loss=f"{loss.item():.3f}", best=f"{best_dice:.3f}")
         timeout = o.max_minutes is not None and elapsed > 60 * o.max_minutes
         if step % o.val_every == 0 or step == o.steps or timeout:
-            val = _evaluate(model, xv, yv)
+            val = evaluate(model, xv, yv)
             history.append({"step": step, "loss": float(loss.item()), **val})
-            if val["dice"] > best_dice:
-                best_dice = val["dice"]
-                meta["threshold"] = val["threshold"]
+            if val[key] > best_dice:
+                best_dice = val[key]
+                if not columns:
+                    meta["threshold"] = val["threshold"]
                 _save(ckdir / "best.pt", {**payload(), "metadata": dict(meta)})
             log.info("step %d val %s", step, val)
         if step % o.checkpoint_every == 0 or step == o.steps or timeout:
@@ -324,19 +405,50 @@ def train(
     bar.close()
     best_model, best_ck = load_checkpoint(ckdir / "best.pt")
     meta = dict(best_ck["metadata"])
-    val = _evaluate(best_model, xv, yv)
+    val = evaluate(best_model, xv, yv)
     meta["training"] = {
         **meta["training"],
         "steps_done": step,
         "wall_minutes": round(elapsed / 60, 1),
         "val": {k: round(v, 4) for k, v in val.items()},
-        "best_step": max(history, key=lambda h: h["dice"])["step"] if history else step,
+        "best_step": max(history, key=lambda h: h[key])["step"] if history else step,
     }
     report = export_onnx(best_model, out, metadata=meta)
     return TrainResult(report, step, elapsed / 60, val, ckdir / "best.pt")
 
 
+def _column_metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
+    from nptrack.simulate.columns import CRYSTALS, column_spacing_A
+
+    c = cfg.columns
+    return {
+        "task": "columns",
+        "model_version": cfg.model.version,
+        "pixel_size_A": c.pixel_size_A,
+        "pixel_size_nm": c.pixel_size_A / 10,
+        "contrast": "bright",
+        "classes": ["background"] + [str(k) for k in range(1, c.n_classes + 1)],
+        "normalisation": COLUMN_NORMALISATION,
+        "label_radius_A": c.label_radius_A,
+        "crystals": list(c.crystals),
+        "column_spacing_A": min(column_spacing_A(CRYSTALS[k]) for k in c.crystals),
+        "training": {
+            "parameters": n_params,
+            "steps": cfg.optim.steps,
+            "batch_size": cfg.optim.batch_size,
+            "tile_px": c.tile_px,
+            "seed": cfg.optim.seed,
+            "snr": list(c.snr),
+            "diameter_A": list(c.diameter_A),
+            "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    }
+
+
 def _metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
+    if cfg.task == "columns":
+        return _column_metadata(cfg, n_params)
     d = cfg.data
     return {
         "model_version": cfg.model.version,

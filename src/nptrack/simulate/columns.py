@@ -213,13 +213,17 @@ def build_particle(
     dists.append(r111 * 1.2247 * (1 - truncation))  # 1.2247 R: half-thickness along <110>
     n_mat = np.stack(normals)
     d_vec = np.asarray(dists) * (1 + facet_jitter * rng.standard_normal(len(dists)))
-    half = int(np.ceil(max(d_vec.max(), r111) * 1.8 / a)) + 1
-    cells = np.array(list(product(range(-half, half + 1), repeat=3)), float)
+    # The shape lies inside the {100} cube and inside the {111} octahedron (vertex at sqrt(3) R).
+    extent = min(np.sqrt(3) * d_vec[:8].max(), d_vec[8:14].max()) + shell_A
+    half = int(np.ceil(extent / a)) + 1
+    cells = np.mgrid[-half : half + 1, -half : half + 1, -half : half + 1].reshape(3, -1).T
     frac = np.array([s for _, s in crystal.sites])
     names = np.array([sp for sp, _ in crystal.sites])
     offset = rng.random(3)  # the centre falls anywhere in the cell
     xyz = ((cells[:, None, :] + frac[None] - offset) * a).reshape(-1, 3)
     species = np.tile(names, len(cells))
+    ball = np.einsum("ij,ij->i", xyz, xyz) <= extent**2  # cheap pre-cut
+    xyz, species = xyz[ball], species[ball]
     surface = (xyz @ n_mat.T - d_vec).max(axis=1)
     keep = surface <= shell_A
     xyz, species, surface = xyz[keep], species[keep], surface[keep]
@@ -280,9 +284,14 @@ def _support(cfg: ColumnSimConfig, z_ref: int, rng: np.random.Generator) -> np.n
     h, w = cfg.shape_px
     sig = _sigma_px(cfg)
     w_atom = (cfg.support_z / z_ref) ** cfg.alpha
-    corr = 30.0 / cfg.pixel_size_A
-    field = ndimage.gaussian_filter(rng.standard_normal((h, w)), corr, mode="wrap")
-    field = 1 + cfg.support_variation * field / max(float(field.std()), 1e-12)
+    # Smooth field drawn on a coarse grid (one node per 10 Å) and interpolated: cheap at any
+    # frame size, correlation length ~30 Å.
+    step = 10.0 / cfg.pixel_size_A
+    coarse = rng.standard_normal((int(h / step) + 4, int(w / step) + 4))
+    coarse = ndimage.gaussian_filter(coarse, 1.5, mode="wrap")
+    yy, xx = np.mgrid[0:h, 0:w] / step + 1.5
+    field = ndimage.map_coordinates(coarse, [yy, xx], order=1)
+    field = 1 + cfg.support_variation * field / max(float(coarse.std()), 1e-12)
     lam = np.clip(field, 0.05, None) * cfg.support_level / (w_atom * 2 * np.pi * sig**2)
     return _blur(rng.poisson(lam).astype(float) * w_atom, sig)
 

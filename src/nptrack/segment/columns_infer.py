@@ -1,0 +1,302 @@
+"""Atomic-column inference: class map, confidence and column table from an exported model.
+
+A :class:`ColumnSegmenter` owns one ONNX Runtime session of a column model (``nptrack.task =
+"columns"``: K + 1 output classes, background and occupancy 1..K). For a frame it resamples
+to the model's pixel size (when the frame's is given), normalises as the metadata says, runs
+overlapping tiles and blends their logits, and returns the arg-max class map with the
+confidence (max softmax probability, in [1/(K+1), 1]) and the class probabilities.
+
+:func:`find_columns` turns that into columns (connected regions of non-background, centre
+weighted by the column probability, occupancy = the class with the largest summed
+probability over the region, confidence = mean max-probability there); :func:`match_columns`
+pairs columns of two frames or predictions with truth. Both are pure numpy / scipy.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+
+from nptrack.segment.infer import (
+    METADATA_PREFIX,
+    ModelFileError,
+    normalise,
+    select_providers,
+    tile_layout,
+    tile_weights,
+)
+
+__all__ = [
+    "REQUIRED_COLUMN_METADATA",
+    "ColumnPrediction",
+    "ColumnSegmenter",
+    "find_columns",
+    "match_columns",
+    "read_column_metadata",
+]
+
+REQUIRED_COLUMN_METADATA = (
+    "task",
+    "model_version",
+    "pixel_size_A",
+    "classes",
+    "normalisation",
+    "input_multiple",
+    "contrast",
+)
+
+
+def read_column_metadata(meta_map: dict[str, str], origin: str = "model") -> dict[str, Any]:
+    """Decode and check the ``nptrack.*`` metadata of a column model (see ``read_metadata``)."""
+    meta: dict[str, Any] = {}
+    for key, text in meta_map.items():
+        if key.startswith(METADATA_PREFIX):
+            try:
+                meta[key[len(METADATA_PREFIX) :]] = json.loads(text)
+            except json.JSONDecodeError:
+                meta[key[len(METADATA_PREFIX) :]] = text
+    if meta.get("task") != "columns":
+        raise ModelFileError(
+            f"{origin}: not an nptrack atomic-column model (nptrack.task is "
+            f"{meta.get('task', 'missing')!r}); train one with configs/train/columns.toml"
+        )
+    missing = [k for k in REQUIRED_COLUMN_METADATA if k not in meta]
+    if missing:
+        raise ModelFileError(f"{origin}: column model metadata missing: {', '.join(missing)}")
+    if len(meta["classes"]) < 2 or not float(meta["pixel_size_A"]) > 0:
+        raise ModelFileError(f"{origin}: column model classes or pixel_size_A out of range")
+    return meta
+
+
+@dataclass
+class ColumnPrediction:
+    """Per-pixel output of :meth:`ColumnSegmenter.predict` at the input resolution.
+
+    Attributes
+    ----------
+    classes : ndarray of uint8, shape (H, W)
+        Arg-max class: 0 background, k = occupancy k.
+    confidence : ndarray of float32, shape (H, W)
+        Max softmax probability, in [1 / (K + 1), 1].
+    probabilities : ndarray of float32, shape (K + 1, H, W)
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    probabilities: np.ndarray
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=0, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=0, keepdims=True)
+    return z
+
+
+class ColumnSegmenter:
+    """One ONNX Runtime session of an nptrack atomic-column model. Use :meth:`from_path`."""
+
+    def __init__(
+        self,
+        session: Any,
+        metadata: dict[str, Any],
+        *,
+        tile_px: int = 1024,
+        tile_overlap_px: int = 64,
+        tile_batch: int = 1,
+    ) -> None:
+        self.session = session
+        self.metadata = metadata
+        self.providers: list[str] = list(session.get_providers())
+        self.input_name = session.get_inputs()[0].name
+        self.multiple = int(metadata["input_multiple"])
+        self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)
+        self.tile_overlap_px = int(tile_overlap_px)
+        self.tile_batch = max(1, int(tile_batch))
+        self.n_classes = len(metadata["classes"]) - 1
+        self.pixel_size_A = float(metadata["pixel_size_A"])
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        *,
+        providers: str | Sequence[str] = "auto",
+        intra_op_threads: int | None = None,
+        **options: Any,
+    ) -> ColumnSegmenter:
+        """Open a column model file.
+
+        Parameters
+        ----------
+        path : str or Path
+        providers : {"auto", "cpu", "cuda"} or list of str
+            See :func:`nptrack.segment.infer.select_providers`.
+        intra_op_threads : int, optional
+            ONNX Runtime threads per operator (all cores when None).
+        **options
+            ``tile_px``, ``tile_overlap_px``, ``tile_batch``.
+
+        Raises
+        ------
+        ModelFileError
+            Missing file, not ONNX, not a column model.
+        """
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: model file not found")
+        so = ort.SessionOptions()
+        if intra_op_threads:
+            so.intra_op_num_threads = int(intra_op_threads)
+        try:
+            session = ort.InferenceSession(str(path), so, providers=select_providers(providers))
+        except Exception as exc:  # ORT raises several private exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: cannot load as an ONNX model: {first}") from None
+        meta = read_column_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        return cls(session, meta, **options)
+
+    def predict(self, image: np.ndarray, *, pixel_size_A: float | None = None) -> ColumnPrediction:
+        """Class map, confidence and probabilities of every pixel.
+
+        Parameters
+        ----------
+        image : ndarray, shape (H, W)
+            Raw intensities of a bright-column (ADF-like) image.
+        pixel_size_A : float, optional
+            Å per pixel; the frame is resampled to the model's pixel size (``pixel_size_A``
+            metadata). None: taken to be the model's.
+        """
+        image = np.asarray(image)
+        if image.ndim != 2 or min(image.shape) < 2:
+            raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+        img = np.ascontiguousarray(image, dtype=np.float32)
+        h, w = img.shape
+        z = 1.0 if pixel_size_A is None else float(pixel_size_A) / self.pixel_size_A
+        zh, zw = max(1, round(h * z)), max(1, round(w * z))
+        if (zh, zw) != (h, w):
+            interp = cv2.INTER_AREA if z < 1 else cv2.INTER_LINEAR
+            img = cv2.resize(img, (zw, zh), interpolation=interp)
+        logits = self._tiled_logits(normalise(img, self.metadata["normalisation"]))
+        if (zh, zw) != (h, w):  # back to the input grid, channel by channel (cv2: HWC)
+            hwc = cv2.resize(
+                np.ascontiguousarray(logits.transpose(1, 2, 0)), (w, h), cv2.INTER_LINEAR
+            )
+            logits = np.ascontiguousarray(hwc.reshape(h, w, -1).transpose(2, 0, 1))
+        prob = _softmax(logits)
+        return ColumnPrediction(
+            prob.argmax(axis=0).astype(np.uint8), prob.max(axis=0), prob.astype(np.float32)
+        )
+
+    def _tiled_logits(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape
+        m, ov = self.multiple, self.tile_overlap_px
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+        hh, ww = x.shape
+        ys, th = tile_layout(hh, tile_px=self.tile_px, overlap_px=ov, multiple=m)
+        xs, tw = tile_layout(ww, tile_px=self.tile_px, overlap_px=ov, multiple=m)
+        jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+        if len(jobs) == 1:
+            return self.session.run(None, {self.input_name: x[None, None]})[0][0, :, :h, :w]
+        wy = [tile_weights(th, y0, hh, overlap_px=ov) for y0 in ys]
+        wx = [tile_weights(tw, x0, ww, overlap_px=ov) for x0 in xs]
+        acc = np.zeros((self.n_classes + 1, hh, ww), np.float32)
+        wsum = np.zeros((hh, ww), np.float32)
+        for b in range(0, len(jobs), self.tile_batch):
+            chunk = jobs[b : b + self.tile_batch]
+            batch = np.stack([x[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for i, j in chunk])
+            out = self.session.run(None, {self.input_name: batch[:, None]})[0]
+            for (i, j), tile in zip(chunk, out, strict=True):
+                wt = np.outer(wy[i], wx[j])
+                acc[:, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += tile * wt
+                wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += wt
+        return (acc / wsum)[:, :h, :w]
+
+
+def find_columns(pred: ColumnPrediction, *, min_area_px: int = 2) -> dict[str, np.ndarray]:
+    """Columns of a prediction: connected regions (8-connected) of non-background pixels.
+
+    Parameters
+    ----------
+    pred : ColumnPrediction
+    min_area_px : int
+        Smaller regions are dropped (isolated noisy pixels).
+
+    Returns
+    -------
+    dict of str to ndarray, one entry per column
+        ``x``, ``y`` (px; centroid weighted by ``1 - p(background)``), ``occupancy`` (the
+        class 1..K with the largest probability summed over the region), ``confidence``
+        (mean max-probability over the region), ``area_px``.
+    """
+    lab, n = ndimage.label(pred.classes > 0, structure=np.ones((3, 3), bool))
+    empty = {k: np.zeros(0) for k in ("x", "y", "confidence")}
+    if n == 0:
+        return {**empty, "occupancy": np.zeros(0, int), "area_px": np.zeros(0, int)}
+    flat = lab.ravel()
+    area = np.bincount(flat, minlength=n + 1)[1:]
+    wcol = 1.0 - pred.probabilities[0].ravel().astype(np.float64)
+    wsum = np.bincount(flat, weights=wcol, minlength=n + 1)[1:]
+    yy, xx = np.indices(lab.shape)
+    x = np.bincount(flat, weights=wcol * xx.ravel(), minlength=n + 1)[1:] / wsum
+    y = np.bincount(flat, weights=wcol * yy.ravel(), minlength=n + 1)[1:] / wsum
+    sums = np.stack(
+        [np.bincount(flat, weights=p.ravel(), minlength=n + 1)[1:] for p in pred.probabilities[1:]]
+    )
+    occ = sums.argmax(axis=0) + 1
+    conf = np.bincount(flat, weights=pred.confidence.ravel(), minlength=n + 1)[1:] / area
+    keep = area >= min_area_px
+    return {
+        "x": x[keep],
+        "y": y[keep],
+        "occupancy": occ[keep],
+        "confidence": conf[keep],
+        "area_px": area[keep],
+    }
+
+
+def match_columns(
+    a_xy: np.ndarray, b_xy: np.ndarray, *, max_distance_px: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs of points closer than `max_distance_px` (minimum total distance).
+
+    Parameters
+    ----------
+    a_xy, b_xy : ndarray, shape (N, 2) and (M, 2)
+        Positions (x, y) in px.
+    max_distance_px : float
+
+    Returns
+    -------
+    ia, ib : ndarray of int
+        Indices of the matched pairs.
+    """
+    a_xy, b_xy = np.asarray(a_xy, float).reshape(-1, 2), np.asarray(b_xy, float).reshape(-1, 2)
+    if len(a_xy) == 0 or len(b_xy) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    d = np.hypot(*(a_xy[:, None, :] - b_xy[None, :, :]).transpose(2, 0, 1))
+    # Only points with a neighbour in range take part (keeps the assignment small).
+    ra, rb = (
+        np.flatnonzero((d <= max_distance_px).any(1)),
+        np.flatnonzero((d <= max_distance_px).any(0)),
+    )
+    if len(ra) == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    sub = d[np.ix_(ra, rb)]
+    cost = np.where(sub <= max_distance_px, sub, 1e6)
+    i, j = linear_sum_assignment(cost)
+    ok = sub[i, j] <= max_distance_px
+    return ra[i[ok]], rb[j[ok]]
