@@ -11,8 +11,6 @@ finish. A series whose folder holds a ``batch.json`` marker with status ``comple
 
 from __future__ import annotations
 
-import csv
-import html
 import json
 import logging
 import math
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nptrack.batch_summary import SUMMARY_COLUMNS, write_index, write_summary
 from nptrack.batch_tasks import (
     MARKER_FILE,
     detect_part,
@@ -41,15 +40,6 @@ from nptrack.pipeline.session import SessionError
 __all__ = ["SUMMARY_COLUMNS", "BatchResult", "Series", "open_client", "plan_series", "run_batch"]
 
 log = logging.getLogger(__name__)
-
-#: Columns of ``OUT/summary.csv``, one row per series.
-SUMMARY_COLUMNS = (
-    "series", "status", "error", "inputs", "frames", "frames_failed", "pixel_size_nm", "tracks",
-    "particles_first", "particles_last", "diameter_mean_first_nm", "diameter_mean_last_nm",
-    "time_unit", "ripening_k_nm3_per_unit", "ripening_k_se_nm3_per_unit",
-    "diffusion_median_nm2_per_unit", "diffusion_tracks", "fusions", "fusion_share", "wall_s",
-    "notes",
-)  # fmt: skip
 
 
 @dataclass
@@ -313,7 +303,9 @@ def _run(
     frames_total = 0
     tag = uuid.uuid4().hex[:8]  # task keys unique to this run
     config = finish_kw["config"]
-    for series in todo:
+    for n, series in enumerate(todo):
+        # Series in order (each finished early: resume and memory), its registration first.
+        first = -10 * n
         try:
             _clear(out / series.name)
         except SessionError as exc:
@@ -321,7 +313,7 @@ def _run(
             continue
         px = series.pixel_size_nm
         reg = client.submit(register_series, series.files, config=config, pixel_size_nm=px,
-                            key=f"register-{series.name}-{tag}", priority=10)  # fmt: skip
+                            key=f"register-{series.name}-{tag}", priority=first + 5)  # fmt: skip
         k = _parts(series, n_workers)
         parts = [
             [
@@ -333,6 +325,7 @@ def _run(
                     config=config,
                     pixel_size_nm=px,
                     key=f"detect-{series.name}-{i}-{j}-{tag}",
+                    priority=first,
                 )
                 for j in range(k)
             ]
@@ -340,14 +333,14 @@ def _run(
         ]
         fin = client.submit(
             finish_series, series.name, str(out / series.name), reg, parts, **finish_kw,
-            inputs=series.inputs, key=f"finish-{series.name}-{tag}", priority=20,
+            inputs=series.inputs, key=f"finish-{series.name}-{tag}", priority=first + 8,
         )  # fmt: skip
         finish[series.name] = (fin, reg, parts)
         futures[fin] = ("series", series)
         for file_parts in parts:
             for f in file_parts:
-                futures[client.submit(len, f, priority=30)] = ("frames", series)
-        futures[client.submit(frame_count, reg, priority=30)] = ("count", series)
+                futures[client.submit(len, f, priority=first + 9)] = ("frames", series)
+        futures[client.submit(frame_count, reg, priority=first + 9)] = ("count", series)
         frames_total += len(series.files)  # at least one frame per file until registered
     bar = {"file": sys.stderr, "disable": not progress}
     bars = [
@@ -380,41 +373,3 @@ def _run(
         for bar in bars:
             bar.close()
     return link
-
-
-# -- pooled outputs -----------------------------------------------------------------------------
-def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """``summary.csv``: one row per series (`SUMMARY_COLUMNS`, then any extra columns)."""
-    extra = sorted({k for r in rows for k in r} - set(SUMMARY_COLUMNS))
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, [*SUMMARY_COLUMNS, *extra], restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def write_index(path: Path, rows: Sequence[dict[str, Any]], out: Path) -> Path:
-    """``index.html``: a table of the series linking each one's report (or its folder)."""
-    cells = []
-    for r in rows:
-        name = html.escape(str(r["series"]))
-        report = out / r["series"] / "report" / "index.html"
-        target = f"{r['series']}/report/index.html" if report.is_file() else f"{r['series']}/"
-        status = html.escape(r["status"] + (f": {r['error']}" if r.get("error") else ""))
-        figures = ("tracks", "particles_first", "diameter_mean_first_nm",
-                   "diameter_mean_last_nm", "fusions")  # fmt: skip
-        numbers = "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in figures)
-        cells.append(f'<tr><td><a href="{html.escape(target)}">{name}</a></td>'
-                     f"<td>{status}</td><td>{r.get('frames', '')}</td>{numbers}</tr>")  # fmt: skip
-    titles = ("series", "status", "frames", "tracks", "particles (frame 0)",
-              "mean d first (nm)", "mean d last (nm)", "fusions")  # fmt: skip
-    head = "".join(f"<th>{h}</th>" for h in titles)
-    path.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>nptrack batch</title>"
-        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}</style>"
-        f"</head><body><h1>nptrack batch: {len(rows)} series</h1>"
-        f"<p><a href='summary.csv'>summary.csv</a></p><table><tr>{head}</tr>"
-        + "".join(cells)
-        + "</table></body></html>\n"
-    )
-    return path

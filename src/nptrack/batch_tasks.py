@@ -20,7 +20,6 @@ per configuration and thread, and the last stack file it read.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import threading
 import time
@@ -43,7 +42,6 @@ __all__ = [
     "finish_series",
     "frame_count",
     "register_series",
-    "series_row",
 ]
 
 #: Completion marker of a series folder: ``{"status": "complete" | "failed", ...}``.
@@ -369,6 +367,8 @@ def finish_series(
         problem = _write_report(out, frame_interval_s)
         if problem:
             notes.append(problem)
+    from nptrack.batch_summary import series_row
+
     row = series_row(out, name=name, status="complete", notes=notes,
                      frame_interval_s=frame_interval_s)  # fmt: skip
     row["wall_s"] = round(summary.wall_s, 2)
@@ -376,96 +376,3 @@ def finish_series(
               "config": config.model_dump(mode="json")}  # fmt: skip
     (out / MARKER_FILE).write_text(json.dumps(marker, indent=2, default=str))
     return row
-
-
-# -- the summary row ----------------------------------------------------------------------------
-def _num(value: float, digits: int = 4) -> float | str:
-    return round(float(value), digits) if value is not None and math.isfinite(value) else ""
-
-
-def _science(frames: list[dict], dets: list[dict], tracks: list[dict], events: list[dict], *,
-             px: float | None, frame_interval_s: float | None) -> dict[str, Any]:  # fmt: skip
-    """Sizes, ripening rate K, diffusion D and fusion share from `nptrack.analysis.stats`.
-
-    As the report computes them: sizes and K from the measured detections not cut by the
-    border, D (median over tracks) and the fusion share from the tracks.
-    """
-    try:
-        from nptrack.analysis import stats
-    except ImportError:
-        return {"notes": "no K, D, fusion share: nptrack.analysis.stats is not available"}
-    f = np.array([t["frame"] for t in tracks], dtype=np.int64)
-    tid = np.array([t["track_id"] for t in tracks], dtype=np.int64)
-    d = np.array([t["diameter_nm"] for t in tracks], dtype=float)
-    xy = np.array([(t["x"], t["y"]) for t in tracks], dtype=float).reshape(-1, 2)
-    ts = np.array([np.nan if r["time_s"] is None else r["time_s"] for r in frames], float)
-    # The report's time axis: recorded acquisition times, else the interval, else frames.
-    if frame_interval_s is None and np.isfinite(ts).sum() >= 2 and np.nanstd(ts) > 0:
-        t, unit = ts - np.nanmin(ts), "s"
-    elif frame_interval_s is not None:
-        t, unit = np.arange(len(frames)) * float(frame_interval_s), "s"
-    else:
-        t, unit = np.arange(len(frames), dtype=float), "frame"
-    out: dict[str, Any] = {"time_unit": unit}
-    if not len(f):
-        return out
-    measured = [r for r in dets if not r["border"] and r["diameter_nm"] is not None]
-    fm = np.array([r["frame"] for r in measured], dtype=np.int64)
-    dm = np.array([r["diameter_nm"] for r in measured], dtype=float)
-    sizes = stats.frame_size_stats(fm, dm)
-    if len(sizes["frame"]):
-        out["diameter_mean_first_nm"] = _num(sizes["mean_diameter_nm"][0])
-        out["diameter_mean_last_nm"] = _num(sizes["mean_diameter_nm"][-1])
-    series = stats.mean_radius_series(fm, dm, time_s=t)
-    fit = stats.ripening_fit(series["time_s"], series["mean_radius_nm"])
-    out["ripening_k_nm3_per_unit"] = _num(fit.rate, 6)
-    out["ripening_k_se_nm3_per_unit"] = _num(fit.rate_se, 6)
-    steps = np.diff(t)
-    dt = float(np.nanmedian(steps)) if steps.size and np.isfinite(steps).any() else 1.0
-    fits = stats.diffusion_coefficients(f, tid, xy[:, 0], xy[:, 1], d, pixel_size_nm=px or 1.0,
-                                        frame_interval_s=dt)  # fmt: skip
-    dc = [x.diffusion_nm2_per_s for x in fits if math.isfinite(x.diffusion_nm2_per_s)]
-    out["diffusion_median_nm2_per_unit"] = _num(float(np.median(dc)), 6) if dc else ""
-    out["diffusion_tracks"] = len(dc)
-    if any(e["type"] == "fusion" for e in events):
-        share = stats.coalescence_share(f, tid, d, events)
-        out["fusion_share"] = _num(share["coalescence_share"])
-    else:
-        out["fusion_share"] = 0.0
-    return out
-
-
-def series_row(
-    series_dir: Path,
-    *,
-    name: str,
-    status: str,
-    notes: Sequence[str] = (),
-    frame_interval_s: float | None = None,
-) -> dict[str, Any]:
-    """Counts, sizes, kinetics and fusions of a finished series (its ``summary.csv`` row)."""
-    from nptrack.pipeline.store import SessionStore
-
-    with SessionStore(series_dir) as store:
-        frames, tracks, events = store.frames(), store.tracks(), store.events()
-        dets = store.detections()
-    px = frames[0]["pixel_size_nm"] if frames else None
-    last = max((t["frame"] for t in tracks), default=-1)
-    row: dict[str, Any] = {
-        "series": name,
-        "status": status,
-        "error": "",
-        "frames": len(frames),
-        "frames_failed": sum(f["status"] == "failed" for f in frames),
-        "pixel_size_nm": px,
-        "tracks": len({t["track_id"] for t in tracks}),
-        "particles_first": sum(t["frame"] == 0 for t in tracks),
-        "particles_last": sum(t["frame"] == last for t in tracks),
-        "fusions": sum(e["type"] == "fusion" for e in events),
-    }
-    try:
-        science = _science(frames, dets, tracks, events, px=px, frame_interval_s=frame_interval_s)
-    except Exception as exc:  # the series is done; its numbers are extra
-        science = {"notes": f"stats failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"}
-    notes = [*notes, *([science.pop("notes")] if "notes" in science else [])]
-    return {**row, **science, "notes": "; ".join(notes)[:500]}
