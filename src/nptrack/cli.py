@@ -579,6 +579,7 @@ def evaluate(
 
 # The live pipeline's commands (watch, demo, track, reoptimize, stage) register themselves.
 from nptrack import cli_batch as _cli_batch  # noqa: E402, F401  (nptrack batch)
+from nptrack import cli_columns as _cli_columns  # noqa: E402, F401  (nptrack columns)
 from nptrack import cli_live as _cli_live  # noqa: E402, F401
 from nptrack import cli_science as _cli_science  # noqa: E402, F401  (nptrack report)
 

@@ -9,7 +9,8 @@ confidence (max softmax probability, in [1/(K+1), 1]) and the class probabilitie
 :func:`find_columns` turns that into columns (connected regions of non-background, centre
 weighted by the column probability, occupancy = the class with the largest summed
 probability over the region, confidence = mean max-probability there); :func:`match_columns`
-pairs columns of two frames or predictions with truth. Both are pure numpy / scipy.
+pairs columns of two frames or predictions with truth; :func:`track_columns` gives the
+columns of a series stable ids. All three are pure numpy / scipy.
 No torch here.
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "find_columns",
     "match_columns",
     "read_column_metadata",
+    "track_columns",
 ]
 
 REQUIRED_COLUMN_METADATA = (
@@ -300,3 +302,43 @@ def match_columns(
     i, j = linear_sum_assignment(cost)
     ok = sub[i, j] <= max_distance_px
     return ra[i[ok]], rb[j[ok]]
+
+
+def track_columns(
+    frames: Sequence[dict[str, np.ndarray]], *, max_distance_px: float
+) -> list[np.ndarray]:
+    """Stable column ids over a series, by nearest position.
+
+    Each frame's columns are matched one-to-one (:func:`match_columns`) to the last known
+    position of every column seen so far, after removing the frame's drift (the median
+    displacement of a first matching, then matched again); unmatched columns get new ids.
+
+    Parameters
+    ----------
+    frames : sequence of dict
+        Per frame, at least ``x`` and ``y`` (px), as from :func:`find_columns`.
+    max_distance_px : float
+        Largest displacement of a column between frames (half the column spacing is safe).
+
+    Returns
+    -------
+    list of ndarray of int
+        Per frame, the id of each of its columns.
+    """
+    known = np.zeros((0, 2))
+    shift = np.zeros(2)  # accumulated drift: known positions are moved along with it
+    out: list[np.ndarray] = []
+    for cols in frames:
+        xy = np.stack([np.asarray(cols["x"], float), np.asarray(cols["y"], float)], axis=1)
+        ids = np.full(len(xy), -1, int)
+        ia, ib = match_columns(xy, known + shift, max_distance_px=max_distance_px)
+        if len(ia) >= 3:
+            shift = shift + np.median(xy[ia] - known[ib] - shift, axis=0)
+            ia, ib = match_columns(xy, known + shift, max_distance_px=max_distance_px)
+        ids[ia] = ib
+        known[ib] = xy[ia] - shift
+        new = np.flatnonzero(ids < 0)
+        ids[new] = np.arange(len(known), len(known) + len(new))
+        known = np.concatenate([known, xy[new] - shift])
+        out.append(ids)
+    return out

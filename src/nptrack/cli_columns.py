@@ -1,0 +1,233 @@
+"""``nptrack columns``: atomic-column positions, occupancy (depth) and confidence.
+
+Registered on `nptrack.cli.main` by one import at the bottom of cli.py. Thin: read frames,
+run :class:`nptrack.segment.columns_infer.ColumnSegmenter`, find and track columns, write the
+tables and figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from nptrack.cli import UserError, friendly, main
+
+__all__: list[str] = []
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "nptrack-columns-v1.onnx"
+
+
+def _name(source: str) -> str:
+    return Path(source.split("#")[0]).stem
+
+
+def _figures(
+    image: np.ndarray,
+    classes: np.ndarray,
+    cols: dict[str, np.ndarray],
+    n_classes: int,
+    depth_png: Path,
+    overlay_png: Path,
+    title: str,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, w = image.shape
+    size = (7.5, 6.2 * h / w + 0.4)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="black")
+    norm = matplotlib.colors.Normalize(vmin=0.5, vmax=n_classes + 0.5)
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
+    depth = np.ma.masked_equal(classes, 0)
+    im = ax.imshow(depth, cmap=cmap, norm=norm, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="column occupancy (atoms); black: background", shrink=0.8)
+    ax.set_title(f"{title}: depth map", fontsize=9)
+    ax.set_axis_off()
+    fig.savefig(depth_png, dpi=110)
+    plt.close(fig)
+
+    lo, hi = np.percentile(image, [1, 99.5])
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    ax.scatter(
+        cols["x"],
+        cols["y"],
+        s=max(4.0, 9000.0 / max(h, w)),
+        facecolors="none",
+        edgecolors=cmap(norm(cols["occupancy"])),
+        linewidths=0.8,
+    )
+    sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label="column occupancy (atoms)", shrink=0.8)
+    ax.set_title(f"{title}: {len(cols['x'])} columns", fontsize=9)
+    ax.set_axis_off()
+    fig.savefig(overlay_png, dpi=110)
+    plt.close(fig)
+
+
+def _series_outputs(rows: list[dict[str, Any]], n_frames: int, out: Path) -> int:
+    """occupancy_time.csv (one row per column, one occupancy column per frame) and a plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = sorted({r["column_id"] for r in rows})
+    occ = np.full((len(ids), n_frames), -1, int)
+    first_xy: dict[int, tuple[float, float]] = {}
+    index = {c: i for i, c in enumerate(ids)}
+    for r in rows:
+        occ[index[r["column_id"]], r["frame"]] = r["occupancy"]
+        first_xy.setdefault(r["column_id"], (r["x"], r["y"]))
+    with open(out / "occupancy_time.csv", "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["column_id", "x", "y", *[f"frame_{t}" for t in range(n_frames)]])
+        for c in ids:
+            x, y = first_xy[c]
+            vals = ["" if v < 0 else int(v) for v in occ[index[c]]]
+            wr.writerow([c, f"{x:.2f}", f"{y:.2f}", *vals])
+    seen = np.where(occ < 0, 0, occ)
+    changes = (np.abs(np.diff(seen, axis=1)) > 0).sum(axis=1) if n_frames > 1 else occ[:, 0] * 0
+    top = np.argsort(-changes, kind="stable")[: min(10, len(ids))]
+    top = top[changes[top] > 0]
+    fig, ax = plt.subplots(2, 1, figsize=(7, 6), sharex=True, constrained_layout=True)
+    t = np.arange(n_frames)
+    for i in top:
+        y = np.where(occ[i] < 0, np.nan, occ[i]).astype(float)
+        ax[0].step(t, y, where="mid", label=f"column {ids[i]}")
+    if len(top):
+        ax[0].legend(fontsize=7, ncol=2)
+    ax[0].set_ylabel("occupancy (atoms)")
+    ax[0].set_title(f"the {len(top)} columns that changed most (of {len(ids)})", fontsize=9)
+    ax[1].plot(t, seen.sum(axis=0), "k.-")
+    ax[1].set_ylabel("atoms in all columns")
+    ax[1].set_xlabel("frame")
+    fig.savefig(out / "occupancy_time.png", dpi=110)
+    plt.close(fig)
+    return int((changes > 0).sum())
+
+
+@main.command(name="columns")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder (created).")  # fmt: skip
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Column model (ONNX); default models/nptrack-columns-v1.onnx.")  # fmt: skip
+@click.option("--pixel-size-A", "pixel_size_A", type=float, default=None,
+              help="Å per pixel; default: the files', else the model's.")  # fmt: skip
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads (default: all).")
+@click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True, help="ONNX Runtime execution providers.")  # fmt: skip
+@click.option("--no-figures", is_flag=True, help="Tables only (no depth-map / overlay PNGs).")
+@friendly
+def columns_command(
+    images: tuple[Path, ...],
+    out_dir: Path,
+    model_path: Path | None,
+    pixel_size_A: float | None,
+    threads: int | None,
+    providers: str,
+    no_figures: bool,
+) -> None:
+    """Atomic columns of IMAGE files (images, stacks or folders; several frames = a series).
+
+    Writes OUT/columns.csv (image, frame, column_id, x, y in px, occupancy in atoms,
+    confidence = mean max-softmax probability), OUT/depth/*.png (occupancy map) and
+    OUT/overlay/*.png; on a series also OUT/occupancy_time.csv and .png (columns matched
+    across frames by nearest position) and OUT/summary.json.
+    """
+    from nptrack.io.read import read_series
+    from nptrack.segment.columns_infer import ColumnSegmenter, find_columns, track_columns
+
+    if pixel_size_A is not None and not pixel_size_A > 0:
+        raise UserError(f"--pixel-size-A must be positive, got {pixel_size_A}")
+    seg = ColumnSegmenter.from_path(
+        model_path or DEFAULT_MODEL, providers=providers, intra_op_threads=threads
+    )
+    frames = read_series(images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not no_figures:
+        (out_dir / "depth").mkdir(exist_ok=True)
+        (out_dir / "overlay").mkdir(exist_ok=True)
+    per_frame: list[dict[str, np.ndarray]] = []
+    assumed = 0
+    per_file: dict[str, int] = {}
+    with click.progressbar(frames, label="columns", file=sys.stderr) as bar:
+        for fr in bar:
+            if pixel_size_A is not None:
+                px_A = pixel_size_A
+            elif fr.pixel_size_nm is not None:
+                px_A = 10.0 * float(np.mean(fr.pixel_size_nm))
+            else:
+                px_A, assumed = seg.pixel_size_A, assumed + 1
+            pred = seg.predict(fr.data, pixel_size_A=px_A)
+            cols = find_columns(pred)
+            name = _name(fr.source)
+            k = per_file.get(name, 0)
+            per_file[name] = k + 1
+            cols["image"] = np.full(len(cols["x"]), name, object)
+            cols["frame"] = np.full(len(cols["x"]), fr.index)
+            cols["pixel_size_A"] = np.full(len(cols["x"]), px_A)
+            per_frame.append(cols)
+            if not no_figures:
+                stem = f"{name}_{k}" if k or "#" in fr.source else name
+                _figures(
+                    fr.data,
+                    pred.classes,
+                    cols,
+                    seg.n_classes,
+                    out_dir / "depth" / f"{stem}.png",
+                    out_dir / "overlay" / f"{stem}.png",
+                    f"{name} frame {fr.index}",
+                )
+    spacing_A = float(seg.metadata.get("column_spacing_A", 3.0))
+    px_mean = float(np.mean([c["pixel_size_A"][0] for c in per_frame if len(c["x"])] or [1.0]))
+    ids = track_columns(per_frame, max_distance_px=0.5 * spacing_A / px_mean)
+    rows: list[dict[str, Any]] = []
+    for cols, cid in zip(per_frame, ids, strict=True):
+        for i in range(len(cols["x"])):
+            rows.append({
+                "image": cols["image"][i], "frame": int(cols["frame"][i]),
+                "column_id": int(cid[i]), "x": float(cols["x"][i]), "y": float(cols["y"][i]),
+                "occupancy": int(cols["occupancy"][i]),
+                "confidence": float(cols["confidence"][i]),
+            })  # fmt: skip
+    with open(out_dir / "columns.csv", "w", newline="") as fh:
+        keys = ["image", "frame", "column_id", "x", "y", "occupancy", "confidence"]
+        wr = csv.DictWriter(fh, fieldnames=keys)
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({**r, "x": f"{r['x']:.2f}", "y": f"{r['y']:.2f}",
+                         "confidence": f"{r['confidence']:.3f}"})  # fmt: skip
+    changed = _series_outputs(rows, len(frames), out_dir) if len(frames) > 1 else 0
+    summary = {
+        "frames": len(frames),
+        "columns": len(rows),
+        "columns_tracked": len({r["column_id"] for r in rows}),
+        "columns_changed": changed,
+        "model": str(model_path or DEFAULT_MODEL),
+        "model_version": seg.metadata.get("model_version"),
+        "model_pixel_size_A": seg.pixel_size_A,
+        "frames_without_pixel_size": assumed,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if assumed:
+        click.echo(
+            f"nptrack columns: {assumed} frame(s) without a pixel size: assumed the model's "
+            f"{seg.pixel_size_A:g} Å/px (give --pixel-size-A)",
+            err=True,
+        )
+    click.echo(
+        f"{len(frames)} frame(s), {len(rows)} columns"
+        + (f", {changed} changed occupancy" if len(frames) > 1 else "")
+        + f" -> {out_dir}",
+        err=True,
+    )
