@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distributed import get_task_stream
+
 from nptrack.batch import open_client, run_batch
 from nptrack.config import load_config
 from nptrack.pipeline.session import files_source, run_session
@@ -67,9 +69,10 @@ def bench_batch(
                   report=False)  # fmt: skip
         warm = time.monotonic() - warm
         t1 = time.monotonic()
-        result = run_batch(
-            inputs, out / "run", config=config, client=client, progress=False, report=report
-        )
+        with get_task_stream(client) as stream:
+            result = run_batch(
+                inputs, out / "run", config=config, client=client, progress=False, report=report
+            )
         wall = time.monotonic() - t1
     frames = sum(int(r["frames"]) for r in result.rows)
     assert not result.failed, result.failed
@@ -82,7 +85,33 @@ def bench_batch(
         "frames": frames,
         "wall_s": round(wall, 2),
         "frames_per_s": round(frames / wall, 3),
+        "tasks": task_times(stream.data),
+        # Worker time spent computing over worker time available: < 1 when workers waited.
+        "busy_share": round(
+            sum(t["total_s"] for t in task_times(stream.data).values()) / (wall * workers), 3
+        ),
     }
+
+
+def task_times(stream: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Compute time per kind of task (register, detect, finish) from a Dask task stream.
+
+    Per-task times that grow with the workers mean the cores were not free for them.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for task in stream:
+        kind = str(task["key"]).split("-")[0]
+        if kind not in ("register", "detect", "finish"):
+            continue
+        for s in task["startstops"]:
+            if s["action"] == "compute":
+                row = out.setdefault(kind, {"n": 0, "total_s": 0.0})
+                row["n"] += 1
+                row["total_s"] += s["stop"] - s["start"]
+    for row in out.values():
+        row["mean_s"] = round(row["total_s"] / row["n"], 3)
+        row["total_s"] = round(row["total_s"], 2)
+    return out
 
 
 def bench_serial(inputs: list[Path], out: Path, *, config: Any) -> dict[str, Any]:
