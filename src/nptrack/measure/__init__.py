@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nptrack.config import MeasureConfig
-from nptrack.measure.props import DETECTION_COLUMNS, measure_particles
+from nptrack.measure.props import DETECTION_COLUMNS, _median, measure_particles
 from nptrack.measure.split import SplitResult, clean_mask, split_particles
 
 __all__ = [
@@ -135,7 +135,11 @@ def _cut_opposite_contrast(
     import cv2
 
     img = np.asarray(image, dtype=np.float32)
-    regions, n = ndi.label(mask)
+    # 4-connected regions (OpenCV's labelling: faster than ndi.label, same regions).
+    n, regions = cv2.connectedComponents(
+        np.ascontiguousarray(mask, dtype=bool).view(np.uint8), connectivity=4
+    )
+    n -= 1
     sign = _polarity(img, mask, contrast)
     # Support level around the regions: Gaussian-weighted mean of the unmasked pixels
     # (normalised convolution), wider than the particles.
@@ -171,7 +175,7 @@ def _polarity(image: np.ndarray, mask: np.ndarray, contrast: str) -> float:
     inside, outside = img[mask], img[~mask]
     if not inside.size or not outside.size:
         return 1.0
-    return 1.0 if np.median(inside) >= np.median(outside) else -1.0
+    return 1.0 if _median(inside) >= _median(outside) else -1.0
 
 
 def _split_and_measure(
@@ -224,17 +228,17 @@ def centre_in_field(labels: np.ndarray) -> np.ndarray:
     height, width = labels.shape
     n = int(labels.max(initial=0))
     inside = np.ones(n, dtype=bool)
-    for i, sl in enumerate(ndi.find_objects(labels)):
-        if sl is None:
-            continue
-        r0, r1, c0, c1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        rows, cols = r1 - r0, c1 - c0
-        for touches, depth, along in (
-            (c0 == 0, cols, rows),
-            (c1 == width, cols, rows),
-            (r0 == 0, rows, cols),
-            (r1 == height, rows, cols),
-        ):
-            if touches and depth < along / 2:
-                inside[i] = False
+    found = [(i, sl) for i, sl in enumerate(ndi.find_objects(labels)) if sl is not None]
+    if not found:
+        return inside
+    which = np.array([i for i, _ in found])
+    r0, r1, c0, c1 = np.array([(s[0].start, s[0].stop, s[1].start, s[1].stop) for _, s in found]).T
+    rows, cols = r1 - r0, c1 - c0
+    for touches, depth, along in (
+        (c0 == 0, cols, rows),
+        (c1 == width, cols, rows),
+        (r0 == 0, rows, cols),
+        (r1 == height, rows, cols),
+    ):
+        inside[which[touches & (depth < along / 2)]] = False
     return inside

@@ -205,6 +205,32 @@ def _raw_loops(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return points, offsets, s_lab[heads]
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-D array, the same number, in a fraction of the time on millions.
+
+    The two middle order statistics lie between bounds taken from a sorted subsample;
+    counting the values below and partitioning only those between the bounds finds them
+    (the full ``np.median`` when the bounds miss, or with NaNs).
+    """
+    values = np.asarray(values)
+    n = values.size
+    if n < 50_000:
+        return float(np.median(values))
+    sample = np.sort(values[:: n // 4096])
+    mid, margin = sample.size // 2, int(6 * np.sqrt(sample.size))
+    lo, hi = sample[max(mid - margin, 0)], sample[min(mid + margin, sample.size - 1)]
+    below = np.count_nonzero(values < lo)
+    between = values[(values >= lo) & (values <= hi)]
+    k = ((n - 1) // 2 - below, n // 2 - below)  # the middle one, or two
+    if (
+        not (k[0] >= 0 and k[1] < between.size)
+        or below + between.size + np.count_nonzero(values > hi) != n
+    ):
+        return float(np.median(values))
+    part = np.partition(between, k)
+    return float(np.mean(part[k[0] : k[1] + 1]))
+
+
 def _group_starts(counts: np.ndarray) -> np.ndarray:
     """Offsets of groups of `counts` items stored one after another, shape (G + 1,)."""
     return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -687,11 +713,16 @@ def edt(mask: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance of each True pixel to the nearest False pixel (float32).
 
     OpenCV's exact transform is several times faster than SciPy's on small crops, which is
-    where per-particle work happens.
+    where per-particle work happens. Its float square root is one unit in the last place off
+    for some pixels on some calls, not reproducibly (1 thread too), which moved ties between
+    distances (plateaus of the split, zone borders) from run to run: the distances are
+    square roots of integers, so the squares are rounded back to them (exact up to ~1000 px)
+    and the roots taken again, correctly rounded.
     """
-    return cv2.distanceTransform(
+    d = cv2.distanceTransform(
         np.ascontiguousarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
     )
+    return np.sqrt(np.rint(d * d))
 
 
 def _zones(
@@ -765,17 +796,18 @@ def measure_particles(
 
     sign = 1.0
     if image is not None:
-        image = np.asarray(image, dtype=np.float64)
+        # Kept in its own type; crops are converted to float64 (a whole-frame copy is not).
+        image = np.asarray(image)
         # Medians of a subsample (every k-th pixel): same answer, a fraction of the time.
         step = max(labels.size // 1_000_000, 1)
-        sub_img, sub_lab = image.ravel()[::step], flat[::step]
+        sub_img, sub_lab = image.ravel()[::step].astype(np.float64), flat[::step]
         outside = sub_img[sub_lab == 0]
-        global_bg = float(np.median(outside)) if outside.size else 0.0
+        global_bg = _median(outside) if outside.size else 0.0
         if contrast == "dark":
             sign = -1.0
         elif contrast == "auto" and n > 0 and outside.size:
             inside = sub_img[sub_lab > 0]
-            if inside.size and np.median(inside) < global_bg:
+            if inside.size and _median(inside) < global_bg:
                 sign = -1.0
 
     cols = {k: np.full(n, np.nan) for k in ("x", "y", "perimeter_nm")}
@@ -829,7 +861,7 @@ def measure_particles(
             R0, R1 = max(r0 - pad, 0), min(r1 + pad, height)
             C0, C1 = max(c0 - pad, 0), min(c1 + pad, width)
             crop = labels[R0:R1, C0:C1]
-            img = image[R0:R1, C0:C1]
+            img = image[R0:R1, C0:C1].astype(np.float64)
             own = crop == lab
             rows, cs = np.nonzero(own[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0])
             zone, ring = _zones(own, (crop != 0) & ~own, intensity_margin_px, background_ring_px)

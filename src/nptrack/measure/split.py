@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
@@ -62,14 +63,20 @@ class SplitResult:
         return int(self.separated.size)
 
 
+def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Connected-component labels (OpenCV: faster than ndi.label) and their sizes."""
+    u8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    _, lab = cv2.connectedComponents(u8, connectivity=connectivity)
+    return lab, np.bincount(lab.ravel())
+
+
 def _remove_small(mask: np.ndarray, min_area_px: float) -> np.ndarray:
-    lab, n = ndi.label(mask, structure=_EIGHT)
-    if n == 0 or min_area_px <= 1:
+    if min_area_px <= 1:
         return mask.copy()
-    sizes = np.bincount(lab.ravel())
+    lab, sizes = _components(mask, 8)
     keep = sizes >= min_area_px
     keep[0] = False
-    return keep[lab]
+    return keep[lab] if not keep[1:].all() else mask.copy()
 
 
 def clean_mask(
@@ -93,13 +100,11 @@ def clean_mask(
     if max_hole_px > 0:
         # Holes are background components not touching the border (4-connected, the dual
         # of 8-connected foreground).
-        holes, n = ndi.label(~out)
-        if n:
-            sizes = np.bincount(holes.ravel())
-            edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-            fill = sizes < max_hole_px
-            fill[0] = False
-            fill[edge] = False
+        holes, sizes = _components(~out, 4)
+        fill = sizes < max_hole_px
+        fill[0] = False
+        fill[holes[0]] = fill[holes[-1]] = fill[holes[:, 0]] = fill[holes[:, -1]] = False
+        if fill.any():
             out |= fill[holes]
     return out
 
@@ -127,22 +132,69 @@ def _padded_crop(lab: np.ndarray, sl: tuple[slice, slice], value: int) -> np.nda
     return np.pad(lab[sl] == value, 1)
 
 
+def _several_maxima(
+    lab: np.ndarray, slices: list[tuple[slice, slice] | None]
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Regions whose distance transform has two or more maxima: index -> (crop, distance).
+
+    Most regions have one maximum and are not split. Each region's distance transform is
+    computed on its own padded crop (as the split does: OpenCV's values on a crop and on the
+    whole frame differ in the last bit, which would move plateaus) and pasted into one
+    frame, where the maxima of all regions are found at once: a region's pixels only
+    neighbour its own pixels and background, so each region's maxima are the same as on its
+    crop.
+    """
+    h, w = lab.shape
+    dist = np.zeros((h + 2, w + 2), np.float32)
+    crops = {}
+    for i, sl in enumerate(slices):
+        if sl is None:
+            continue
+        region = _padded_crop(lab, sl, i + 1)
+        d = edt(region)
+        crops[i] = (region, d)
+        r0, c0 = sl[0].start, sl[1].start
+        view = dist[r0 : r0 + d.shape[0], c0 : c0 + d.shape[1]]
+        np.maximum(view, d, out=view)  # 0 outside the region
+    peaks = (local_maxima(dist) & (dist > 0))[1:-1, 1:-1]
+    n_peaks, comp = cv2.connectedComponents(peaks.view(np.uint8), connectivity=8)
+    region_of = np.zeros(n_peaks, np.int64)  # peak component -> region label
+    region_of[comp[peaks]] = lab[peaks]
+    count = np.bincount(region_of[1:], minlength=len(slices) + 1)[1:]
+    return {i: crops[i] for i in np.nonzero(count >= 2)[0].tolist()}
+
+
 def _assemble(
-    shape: tuple[int, ...],
-    pieces: list[tuple[tuple[slice, slice], np.ndarray]],
+    lab: np.ndarray,
+    n_regions: int,
+    pieces: dict[int, tuple[tuple[slice, slice], np.ndarray]],
 ) -> SplitResult:
-    """Paint per-region piece labels (crops padded by 1 px) into one label image."""
-    labels = np.zeros(shape, dtype=np.int32)
-    separated: list[bool] = []
-    for sl, crop in pieces:
+    """One label per piece: regions in order, each region's pieces in order of their ids.
+
+    `pieces` holds the piece labels (crops padded by 1 px) of the regions that were
+    processed; every other region is one piece.
+    """
+    count = np.zeros(n_regions + 1, np.int64)
+    count[1:] = 1
+    ids_of = {}
+    for i, (_, crop) in pieces.items():
+        inner = crop[1:-1, 1:-1]
+        ids_of[i] = np.unique(inner[inner > 0])
+        count[i + 1] = len(ids_of[i])
+    first = np.cumsum(count) - count + 1  # first new label of each region
+    first[0] = 0
+    lut = first.astype(np.int32)
+    lut[[i + 1 for i in pieces]] = 0
+    labels = lut[lab]
+    for i, (sl, crop) in pieces.items():
         inner = crop[1:-1, 1:-1]
         fg = inner > 0
-        ids = np.unique(inner[fg])
-        lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
-        lut[ids] = np.arange(len(separated) + 1, len(separated) + len(ids) + 1)
-        labels[sl][fg] = lut[inner[fg]]
-        separated.extend([len(ids) > 1] * len(ids))
-    return SplitResult(labels, np.asarray(separated, dtype=bool))
+        ids = ids_of[i]
+        piece_lut = np.zeros(int(ids[-1]) + 1, dtype=np.int32)
+        piece_lut[ids] = np.arange(first[i + 1], first[i + 1] + len(ids))
+        labels[sl][fg] = piece_lut[inner[fg]]
+    separated = np.repeat(count[1:] > 1, count[1:])
+    return SplitResult(labels, separated)
 
 
 def _saddles(basins: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -229,20 +281,13 @@ def split_watershed(mask: np.ndarray, *, h_px: float = 1.0) -> SplitResult:
     SplitResult
     """
     lab, slices = _regions(mask)
-    pieces = []
-    for i, sl in enumerate(slices):
-        if sl is None:
-            continue
-        region = _padded_crop(lab, sl, i + 1)
-        dist = edt(region)
-        peaks, n_peaks = ndi.label(local_maxima(dist) & region, structure=_EIGHT)
-        if n_peaks < 2:  # most particles: one maximum, nothing to split
-            pieces.append((sl, region.astype(np.int32)))
-            continue
+    pieces = {}
+    for i, (region, dist) in _several_maxima(lab, slices).items():
+        peaks, _ = ndi.label(local_maxima(dist) & region, structure=_EIGHT)
         basins = watershed(-dist, peaks, mask=region)
         merged = _merge_shallow_basins(basins, peaks, dist, h_px)
-        pieces.append((sl, merged.astype(np.int32)))
-    return _assemble(mask.shape, pieces)
+        pieces[i] = (slices[i], merged.astype(np.int32))
+    return _assemble(lab, len(slices), pieces)
 
 
 _STEP_PX = 0.5  # erosion step: pieces are caught just after their neck breaks
@@ -347,13 +392,10 @@ def split_uecs(
     SplitResult
     """
     lab, slices = _regions(mask)
-    pieces = []
-    for i, sl in enumerate(slices):
-        if sl is None:
-            continue
-        region = _padded_crop(lab, sl, i + 1)
-        pieces.append((sl, _uecs_region(region, convexity_threshold, min_marker_px)))
-    return _assemble(mask.shape, pieces)
+    pieces = {}
+    for i, (region, _) in _several_maxima(lab, slices).items():  # one maximum: no split
+        pieces[i] = (slices[i], _uecs_region(region, convexity_threshold, min_marker_px))
+    return _assemble(lab, len(slices), pieces)
 
 
 def split_particles(
