@@ -51,3 +51,21 @@ def test_peers_track_a_scripted_scene() -> None:
         assert r["mota"] > 85.0
     r = evaluate(scene.truth, lt, truth_events=truth_events, events=lt_events)
     assert r["fusion_recall"] == 1.0
+
+
+def test_interpolate_gaps_fills_skipped_frames_linearly() -> None:
+    tracks = {
+        "frame": np.array([0, 1, 4, 0, 1]),
+        "track_id": np.array([7, 7, 7, 8, 8]),
+        "x": np.array([0.0, 1.0, 4.0, 5.0, 5.0]),
+        "y": np.array([0.0, 0.0, 6.0, 1.0, 1.0]),
+        "diameter_nm": np.array([2.0, 2.0, 2.0, 3.0, 3.0]),
+        "intensity": np.array([1.0, 1.0, 4.0, 1.0, 1.0]),
+    }
+    out = peers.interpolate_gaps(tracks)
+    assert len(out["frame"]) == 7  # frames 2 and 3 of track 7 added, track 8 untouched
+    new = (out["track_id"] == 7) & np.isin(out["frame"], [2, 3])
+    assert out["frame"][new].tolist() == [2, 3]
+    np.testing.assert_allclose(out["x"][new], [2.0, 3.0])
+    np.testing.assert_allclose(out["y"][new], [2.0, 4.0])
+    np.testing.assert_allclose(out["intensity"][new], [2.0, 3.0])
