@@ -145,7 +145,12 @@ def columns_command(
     across frames by nearest position) and OUT/summary.json.
     """
     from nptrack.io.read import read_series
-    from nptrack.segment.columns_infer import ColumnSegmenter, find_columns, track_columns
+    from nptrack.segment.columns_infer import (
+        ColumnSegmenter,
+        default_min_area_px,
+        find_columns,
+        track_columns,
+    )
 
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise UserError(f"--pixel-size-A must be positive, got {pixel_size_A}")
@@ -169,7 +174,7 @@ def columns_command(
             else:
                 px_A, assumed = seg.pixel_size_A, assumed + 1
             pred = seg.predict(fr.data, pixel_size_A=px_A)
-            cols = find_columns(pred)
+            cols = find_columns(pred, min_area_px=default_min_area_px(seg.metadata, px_A))
             name = _name(fr.source)
             k = per_file.get(name, 0)
             per_file[name] = k + 1

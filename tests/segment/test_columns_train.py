@@ -112,7 +112,9 @@ def test_train_command_path_exports_a_column_model(tmp_path: Path) -> None:
     assert pred.probabilities.shape == (13, 70, 90)
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
     assert pred.confidence.min() >= 1 / 13 - 1e-6 and pred.confidence.max() <= 1 + 1e-6
-    np.testing.assert_array_equal(pred.classes, pred.probabilities.argmax(0))
+    bg = pred.probabilities[0] >= 0.5
+    np.testing.assert_array_equal(pred.classes[bg], 0)
+    np.testing.assert_array_equal(pred.classes[~bg], pred.probabilities[1:, ~bg].argmax(0) + 1)
     with pytest.raises(ModelFileError, match="atomic-column model"):
         Segmenter.from_path(out)  # the particle segmenter refuses it
     model, _ = load_checkpoint(tmp_path / "c.onnx.ckpt" / "best.pt")

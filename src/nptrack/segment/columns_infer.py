@@ -3,8 +3,11 @@
 A :class:`ColumnSegmenter` owns one ONNX Runtime session of a column model (``nptrack.task =
 "columns"``: K + 1 output classes, background and occupancy 1..K). For a frame it resamples
 to the model's pixel size (when the frame's is given), normalises as the metadata says, runs
-overlapping tiles and blends their logits, and returns the arg-max class map with the
-confidence (max softmax probability, in [1/(K+1), 1]) and the class probabilities.
+overlapping tiles and blends their logits, and returns the class map with the confidence
+(max softmax probability, in [1/(K+1), 1]) and the class probabilities. The class map is
+decided in two steps: background where ``p(background) >= 0.5``, else the most probable
+occupancy class (a plain arg-max over K + 1 classes would call a column background whenever
+its probability is spread over several occupancies).
 
 :func:`find_columns` turns that into columns (connected regions of non-background, centre
 weighted by the column probability, occupancy = the class with the largest summed
@@ -40,6 +43,8 @@ __all__ = [
     "REQUIRED_COLUMN_METADATA",
     "ColumnPrediction",
     "ColumnSegmenter",
+    "decide_classes",
+    "default_min_area_px",
     "find_columns",
     "match_columns",
     "read_column_metadata",
@@ -86,7 +91,8 @@ class ColumnPrediction:
     Attributes
     ----------
     classes : ndarray of uint8, shape (H, W)
-        Arg-max class: 0 background, k = occupancy k.
+        0 (background) where ``p(background) >= 0.5``, else the most probable occupancy
+        class k = 1..K (see :func:`decide_classes`).
     confidence : ndarray of float32, shape (H, W)
         Max softmax probability, in [1 / (K + 1), 1].
     probabilities : ndarray of float32, shape (K + 1, H, W)
@@ -95,6 +101,13 @@ class ColumnPrediction:
     classes: np.ndarray
     confidence: np.ndarray
     probabilities: np.ndarray
+
+
+def decide_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Class map from probabilities of shape (K + 1, ...): background where its probability
+    is >= 0.5, else the arg-max over the occupancy classes 1..K. Returns uint8."""
+    occ = probabilities[1:].argmax(axis=0) + 1
+    return np.where(probabilities[0] >= 0.5, 0, occ).astype(np.uint8)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -197,9 +210,8 @@ class ColumnSegmenter:
             )
             logits = np.ascontiguousarray(hwc.reshape(h, w, -1).transpose(2, 0, 1))
         prob = _softmax(logits)
-        return ColumnPrediction(
-            prob.argmax(axis=0).astype(np.uint8), prob.max(axis=0), prob.astype(np.float32)
-        )
+        prob = prob.astype(np.float32, copy=False)
+        return ColumnPrediction(decide_classes(prob), prob.max(axis=0), prob)
 
     def _tiled_logits(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape
@@ -228,6 +240,17 @@ class ColumnSegmenter:
         return (acc / wsum)[:, :h, :w]
 
 
+#: Regions smaller than this share of a label disc (radius ``label_radius_A``) are dropped.
+MIN_AREA_FRACTION = 0.3
+
+
+def default_min_area_px(metadata: dict[str, Any], pixel_size_A: float) -> int:
+    """Smallest column region kept by ``nptrack columns`` (px): ``MIN_AREA_FRACTION`` of the
+    area of a label disc at `pixel_size_A` (Å per px of the frame)."""
+    r_px = float(metadata.get("label_radius_A", 0.8)) / pixel_size_A
+    return max(1, round(MIN_AREA_FRACTION * np.pi * r_px**2))
+
+
 def find_columns(pred: ColumnPrediction, *, min_area_px: int = 2) -> dict[str, np.ndarray]:
     """Columns of a prediction: connected regions (8-connected) of non-background pixels.
 
@@ -248,18 +271,19 @@ def find_columns(pred: ColumnPrediction, *, min_area_px: int = 2) -> dict[str, n
     empty = {k: np.zeros(0) for k in ("x", "y", "confidence")}
     if n == 0:
         return {**empty, "occupancy": np.zeros(0, int), "area_px": np.zeros(0, int)}
-    flat = lab.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:]
-    wcol = 1.0 - pred.probabilities[0].ravel().astype(np.float64)
-    wsum = np.bincount(flat, weights=wcol, minlength=n + 1)[1:]
-    yy, xx = np.indices(lab.shape)
-    x = np.bincount(flat, weights=wcol * xx.ravel(), minlength=n + 1)[1:] / wsum
-    y = np.bincount(flat, weights=wcol * yy.ravel(), minlength=n + 1)[1:] / wsum
-    sums = np.stack(
-        [np.bincount(flat, weights=p.ravel(), minlength=n + 1)[1:] for p in pred.probabilities[1:]]
-    )
+    # Work on the column pixels only (a small share of the frame).
+    idx = np.flatnonzero(lab.ravel())
+    flat = lab.ravel()[idx] - 1
+    area = np.bincount(flat, minlength=n)
+    probs = pred.probabilities.reshape(len(pred.probabilities), -1)[:, idx]
+    wcol = 1.0 - probs[0].astype(np.float64)
+    wsum = np.bincount(flat, weights=wcol, minlength=n)
+    yy, xx = np.divmod(idx, lab.shape[1])
+    x = np.bincount(flat, weights=wcol * xx, minlength=n) / wsum
+    y = np.bincount(flat, weights=wcol * yy, minlength=n) / wsum
+    sums = np.stack([np.bincount(flat, weights=p, minlength=n) for p in probs[1:]])
     occ = sums.argmax(axis=0) + 1
-    conf = np.bincount(flat, weights=pred.confidence.ravel(), minlength=n + 1)[1:] / area
+    conf = np.bincount(flat, weights=pred.confidence.ravel()[idx], minlength=n) / area
     keep = area >= min_area_px
     return {
         "x": x[keep],

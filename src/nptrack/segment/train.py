@@ -235,13 +235,20 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def _evaluate_columns(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Pixel scores of the column classes: ``exact`` (share of hard-labelled column pixels,
-    ``g >= 0.5``, given their exact class), ``background`` (share of pixels outside every
-    label, ``g = 0``, given background), ``score`` = their product (selects the best step)."""
+    """Pixel scores of the column class map (decided as at inference, see
+    :func:`nptrack.segment.columns_infer.decide_classes`): ``exact`` (share of hard-labelled
+    column pixels, ``g >= 0.5``, given their exact class), ``within1`` (within one class),
+    ``bg`` (share of pixels outside every label, ``g = 0``, given background), ``score`` =
+    exact x bg (selects the best step)."""
+    from nptrack.segment.columns_infer import decide_classes
+
     model.eval()
     pred = np.concatenate(
-        [model(torch.from_numpy(x[i : i + 8])).argmax(1).numpy() for i in range(0, len(x), 8)]
-    )
+        [
+            decide_classes(model(torch.from_numpy(x[i : i + 8])).softmax(1).numpy().swapaxes(0, 1))
+            for i in range(0, len(x), 8)
+        ]
+    ).astype(int)
     model.train()
     cls, g = y[:, 0], y[:, 1]
     col, bg = g >= 0.5, g == 0
