@@ -21,6 +21,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -281,26 +282,43 @@ def _gaussian_weights(sigma: float) -> np.ndarray:
 
 
 def _gaussian(
-    values: np.ndarray,
-    line: np.ndarray,
+    n: np.ndarray,
     sigma_px: np.ndarray,
-    gather: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    extend: Callable[[np.ndarray, np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """Gaussian filter of many lines at once, summed in scipy's order (symmetric kernel).
+    """``gaussian_filter1d`` of many lines at once, to the bit.
 
-    `gather(m)` returns the samples at offset ±m of each output sample, extended as the
-    line's boundary mode says.
+    Each line (`n` samples, shape (N, 2) in all) is extended by the largest kernel radius at
+    both ends by ``extend(position, line)`` (positions -radius … n + radius - 1 of each
+    line, its boundary mode), and the extended lines are stored one after another. Lines at
+    the common sigma are filtered by one scipy call over that array (its samples next to a
+    line's own are its extension, so each output is scipy's on that line alone); the few
+    others (small particles, narrower kernels) are summed tap by tap in scipy's order.
     """
-    kernels = [_gaussian_weights(float(s)) for s in sigma_px]
-    radius = max((len(k) - 1 for k in kernels), default=0)
-    table = np.zeros((len(kernels), radius + 1))
-    for i, k in enumerate(kernels):
-        table[i, : len(k)] = k
-    w = table[line]
-    out = values * w[:, :1]
-    for m in range(radius, 0, -1):  # taps beyond a line's radius have weight 0
-        lo, hi = gather(m)
-        out += (lo + hi) * w[:, m : m + 1]
+    radius = (_TRUNCATE * sigma_px + 0.5).astype(np.int64)
+    pad = int(radius.max(initial=0))
+    size = n + 2 * pad
+    line = np.repeat(np.arange(n.size), size)
+    ext = extend(_within(size) - pad, line)
+    at = _ranges(_group_starts(size)[:-1] + pad, n)  # each output sample in `ext`
+    out = np.empty((len(at), 2))
+    common = _SMOOTH_PX / _STEP_PX
+    usual = np.repeat(sigma_px == common, n)
+    if usual.any():
+        out[usual] = ndi.gaussian_filter1d(ext, common, axis=0, mode="nearest")[at[usual]]
+    rest = ~usual
+    if rest.any():
+        which = np.nonzero(sigma_px != common)[0]
+        table = np.zeros((n.size, pad + 1))
+        for k in which:
+            w = _gaussian_weights(float(sigma_px[k]))
+            table[k, : len(w)] = w
+        w = table[np.repeat(np.arange(n.size), n)[rest]]
+        j = at[rest]
+        acc = ext[j] * w[:, :1]
+        for m in range(pad, 0, -1):  # taps beyond a line's radius have weight 0
+            acc += (ext[j - m] + ext[j + m]) * w[:, m : m + 1]
+        out[rest] = acc
     return out
 
 
@@ -411,14 +429,12 @@ def _smooth_loops(points: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
     k_whole = np.nonzero(whole)[0]
     if k_whole.size:
         r, n = _resample(points, _ranges(offsets[k_whole], counts[k_whole]), counts[k_whole], True)
-        line = np.repeat(np.arange(k_whole.size), n)
-        i, nl = _within(n), n[line]
-        first = np.arange(len(r)) - i
+        first = _group_starts(n)[:-1]
 
-        def wrap(m: int) -> tuple[np.ndarray, np.ndarray]:
-            return r[first + (i - m) % nl], r[first + (i + m) % nl]
+        def wrap(q: np.ndarray, line: np.ndarray) -> np.ndarray:
+            return r[first[line] + q % n[line]]
 
-        parts.append((k_whole, _gaussian(r, line, sigma[k_whole] / _STEP_PX, wrap)))
+        parts.append((k_whole, _gaussian(n, sigma[k_whole] / _STEP_PX, wrap)))
         out_counts[k_whole] = n
 
     # Loops with corners: each piece between corners resampled with its end points, smoothed
@@ -437,24 +453,20 @@ def _smooth_loops(points: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
         local = (np.repeat(c_at, p_len) + _within(p_len)) % np.repeat(size, p_len)
         r, n = _resample(points, local + np.repeat(offsets[cloop], p_len), p_len, False)
         reach = np.minimum((4 * sigma[cloop] / _STEP_PX).astype(np.int64) + 1, n - 1)
-        line = np.repeat(np.arange(p_len.size), n)
-        i, nl, kl = _within(n), n[line], reach[line]
-        first = np.arange(len(r)) - i
+        first = _group_starts(n)[:-1]
 
-        def reflect(u: np.ndarray) -> np.ndarray:
-            u = np.clip(u, -kl, nl - 1 + kl)  # 'nearest' beyond the reflected ends
-            inside = np.clip(u, 0, nl - 1)
-            val = r[first + inside].copy()
-            lo, hi = u < 0, u >= nl
-            val[lo] = 2 * r[first[lo]] - r[first[lo] - u[lo]]
-            val[hi] = 2 * r[first[hi] + nl[hi] - 1] - r[first[hi] + 2 * (nl[hi] - 1) - u[hi]]
+        def reflect(q: np.ndarray, line: np.ndarray) -> np.ndarray:
+            nl, kl, f = n[line], reach[line], first[line]
+            q = np.clip(q, -kl, nl - 1 + kl)  # 'nearest' beyond the reflected ends
+            val = r[f + np.clip(q, 0, nl - 1)]
+            lo, hi = q < 0, q >= nl
+            val[lo] = 2 * r[f[lo]] - r[f[lo] - q[lo]]
+            val[hi] = 2 * r[f[hi] + nl[hi] - 1] - r[f[hi] + 2 * (nl[hi] - 1) - q[hi]]
             return val
 
-        smoothed = _gaussian(
-            r, line, sigma[cloop] / _STEP_PX, lambda m: (reflect(i - m), reflect(i + m))
-        )
+        smoothed = _gaussian(n, sigma[cloop] / _STEP_PX, reflect)
         out_counts[k_piece] = np.bincount(cloop, weights=n - 1, minlength=n_loops)[k_piece]
-        parts.append((k_piece, smoothed[i < nl - 1]))
+        parts.append((k_piece, smoothed[_within(n) < np.repeat(n, n) - 1]))
 
     new_offsets = _group_starts(out_counts)
     out = np.empty((int(new_offsets[-1]), 2))
@@ -486,7 +498,7 @@ def _closed_polylines(
 
 
 _MAX_HULL_VERTICES = 96
-_CALIPER_BATCH = 128  # hulls per batch of the all-pairs arrays (≤ 128 × 96 × 96)
+_CALIPER_BATCH = 16  # hulls per batch: the all-pairs arrays (16 × 96 × 96) stay in cache
 
 
 def _calipers(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -709,30 +721,42 @@ def is_convex(mask: np.ndarray, *, threshold: float = 0.95, shape: Outline | Non
     return convexity_test(mask, threshold=threshold, shape=shape)[0]
 
 
+def _squared_edt(free: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance to the nearest False pixel, exact integers (float32).
+
+    OpenCV's float square root is one unit in the last place off for some pixels on some
+    calls, not reproducibly (1 thread too), which moved ties between distances (plateaus of
+    the split, zone borders) from run to run. The distances are square roots of integers:
+    squaring and rounding gives those back exactly up to ~1000 px.
+    """
+    d = cv2.distanceTransform(
+        np.ascontiguousarray(free, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )
+    return np.rint(d * d, out=d)
+
+
 def edt(mask: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance of each True pixel to the nearest False pixel (float32).
 
     OpenCV's exact transform is several times faster than SciPy's on small crops, which is
-    where per-particle work happens. Its float square root is one unit in the last place off
-    for some pixels on some calls, not reproducibly (1 thread too), which moved ties between
-    distances (plateaus of the split, zone borders) from run to run: the distances are
-    square roots of integers, so the squares are rounded back to them (exact up to ~1000 px)
-    and the roots taken again, correctly rounded.
+    where per-particle work happens; its distances are made exact and repeatable (correctly
+    rounded roots, see `_squared_edt`).
     """
-    d = cv2.distanceTransform(
-        np.ascontiguousarray(mask, dtype=np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )
-    return np.sqrt(np.rint(d * d))
+    return np.sqrt(_squared_edt(mask))
 
 
 def _zones(
-    own: np.ndarray, others: np.ndarray, margin_px: float, ring_px: float
+    own: np.ndarray, free: np.ndarray, margin_px: float, ring_px: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Integration zone (particle + margin nearer to it than to others) and background ring."""
-    d_own = edt(~own)
-    d_other = edt(~others) if others.any() else np.full(own.shape, np.inf, dtype=np.float32)
-    zone = own | ((d_own <= margin_px) & (d_own < d_other))
-    ring = (d_own > margin_px) & (d_own <= margin_px + ring_px) & (d_other > margin_px)
+    """Integration zone (particle + margin nearer to it than to others) and background ring.
+
+    `free` is False on the other particles. Distances are compared squared (exact integers).
+    """
+    d_own = _squared_edt(~own)
+    d_other = _squared_edt(free) if not free.all() else np.full(own.shape, np.inf, np.float32)
+    m2, r2 = margin_px * margin_px, (margin_px + ring_px) ** 2
+    zone = own | ((d_own <= m2) & (d_own < d_other))
+    ring = (d_own > m2) & (d_own <= r2) & (d_other > m2)
     return zone, ring
 
 
@@ -789,7 +813,7 @@ def measure_particles(
     n = int(labels.max(initial=0))
     height, width = labels.shape
     flat = labels.ravel()
-    area = np.bincount(flat, minlength=n + 1)[1:].astype(float)
+    area = np.zeros(n)  # pixels, counted on each particle's crop
     py, px = pixel_size_nm if pixel_size_nm is not None else (np.nan, np.nan)
     spacing = (py, px) if pixel_size_nm is not None else (1.0, 1.0)
     anisotropic = pixel_size_nm is not None and abs(py - px) > 1e-6 * max(py, px)
@@ -851,10 +875,14 @@ def measure_particles(
 
     pad = intensity_margin_px + background_ring_px + 1
     hulls, hull_of = [], []
+    if probability is not None:
+        probability = np.asarray(probability)
+        prob_sum = np.zeros(n)
     for i, (r0, r1, c0, c1) in zip(present.tolist(), box[present].tolist(), strict=True):
         lab = i + 1
         if image is None:
-            rows, cs = np.nonzero(labels[r0:r1, c0:c1] == lab)
+            inside = labels[r0:r1, c0:c1] == lab
+            rows, cs = np.nonzero(inside)
             cols["y"][i], cols["x"][i] = rows.mean() + r0, cs.mean() + c0
         else:
             # Bounding box grown by margin + ring: per-particle work stays on a small crop.
@@ -863,17 +891,25 @@ def measure_particles(
             crop = labels[R0:R1, C0:C1]
             img = image[R0:R1, C0:C1].astype(np.float64)
             own = crop == lab
-            rows, cs = np.nonzero(own[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0])
-            zone, ring = _zones(own, (crop != 0) & ~own, intensity_margin_px, background_ring_px)
-            bg = float(img[ring].mean()) if ring.any() else global_bg
+            box_in = (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
+            inside = own[box_in]
+            rows, cs = np.nonzero(inside)
+            zone, ring = _zones(own, (crop == 0) | own, intensity_margin_px, background_ring_px)
+            in_ring = img[ring]
+            bg = float(in_ring.mean()) if in_ring.size else global_bg
             cols["background"][i] = bg
             cols["intensity"][i] = sign * float((img[zone] - bg).sum())
-            w = np.clip(sign * (img[rows + (r0 - R0), cs + (c0 - C0)] - bg), 0.0, None)
-            if w.sum() > 0:
-                cols["y"][i] = float((w * rows).sum() / w.sum()) + r0
-                cols["x"][i] = float((w * cs).sum() / w.sum()) + c0
+            w = np.clip(sign * (img[box_in][inside] - bg), 0.0, None)
+            w_sum = w.sum()
+            if w_sum > 0:
+                cols["y"][i] = float((w * rows).sum() / w_sum) + r0
+                cols["x"][i] = float((w * cs).sum() / w_sum) + c0
             else:
                 cols["y"][i], cols["x"][i] = rows.mean() + r0, cs.mean() + c0
+        area[i] = rows.size
+        if probability is not None:
+            # Summed in raster order, one after another, as np.bincount does.
+            prob_sum[i] = np.cumsum(probability[r0:r1, c0:c1][inside], dtype=np.float64)[-1]
         if rows.size >= 3:
             hulls.append(_pixel_hull(rows, cs))
             hull_of.append(i)
@@ -890,8 +926,7 @@ def measure_particles(
 
     score = np.full(n, np.nan)
     if probability is not None and n:
-        s = np.bincount(flat, weights=np.asarray(probability, float).ravel(), minlength=n + 1)
-        score = s[1:] / np.maximum(area, 1)
+        score = prob_sum / np.maximum(area, 1)
     diameter_px = 2.0 * np.sqrt(area / np.pi)
     with np.errstate(divide="ignore", invalid="ignore"):
         area_nm2 = area * py * px
