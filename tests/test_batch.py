@@ -129,6 +129,18 @@ def test_tracks_are_those_of_a_serial_track(batch: dict, serial: dict[str, Path]
     assert (out / "summary.json").is_file()
 
 
+def test_report_is_that_of_nptrack_report(batch: dict, serial: dict[str, Path]) -> None:
+    result = CliRunner().invoke(main, ["report", str(serial["b"])])
+    assert result.exit_code == 0, result.output
+    ours = batch["result"].out_dir / NAMES["b"] / "report"
+    assert (ours / "index.html").is_file()
+    numbers = json.loads((ours / "key_numbers.json").read_text())
+    assert numbers == json.loads((serial["b"] / "report" / "key_numbers.json").read_text())
+    row = {r["series"]: r for r in _rows(batch["result"].out_dir / "summary.csv")}[NAMES["b"]]
+    k = float(row["ripening_k_nm3_per_unit"])
+    assert numbers["ripening rate K (n = 3)"]["value"].startswith(f"{k:.2g}"[:4])
+
+
 def test_a_failing_series_fails_alone_with_its_error(batch: dict, data: dict[str, Path]) -> None:
     rows = {r["series"]: r for r in _rows(batch["result"].out_dir / "summary.csv")}
     assert rows["bad"]["error"].startswith(str(data["bad"] / "frame_0000.tif") + ": ")

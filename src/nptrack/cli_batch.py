@@ -39,7 +39,8 @@ __all__: list[str] = []
     "--frame-interval-s",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Seconds between frames (report and rates) for files that record no times.",
+    help="Seconds between frames for the reports and the rates K, D (overrides recorded "
+    "times; without either, rates are per frame).",
 )
 @_config_options
 @_series_options
