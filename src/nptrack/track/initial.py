@@ -241,7 +241,11 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
         return p
     # mean per-axis squared displacement at lags 1-4, normalised to the reference size
     dv = [np.diff(dets.log_intensity[c]) for c in chains]
-    lags = np.arange(1, 5)
+    # lags the chains can hold (a 4-frame series has none at lag 4); two are needed to tell
+    # the Brownian slope from the localisation offset
+    lags = np.arange(1, min(4, max(c.size for c in chains) - 1) + 1)
+    if lags.size < 2:
+        return p
     msd = []
     for k in lags:
         ys = []
