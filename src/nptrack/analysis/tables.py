@@ -137,8 +137,9 @@ class ReportTables:
         """Time of each frame number since the first frame, and its unit ('s' or 'frame').
 
         Returns ``(t, unit)`` with ``t[k]`` the time of frame ``k`` (NaN where unknown);
-        ``t`` is None for an analyze folder (no time axis). Acquisition times recorded in the
-        files win; else ``frame_interval_s``; else frame numbers (unit 'frame').
+        ``t`` is None for an analyze folder (no time axis). A given ``frame_interval_s`` wins
+        (the user knows better than files whose clocks may be wrong); else the acquisition
+        times recorded in the files; else frame numbers (unit 'frame').
         """
         if self.kind == "analyze":
             return None, "frame"
