@@ -106,7 +106,11 @@ def _series_outputs(rows: list[dict[str, Any]], n_frames: int, out: Path) -> int
     if len(top):
         ax[0].legend(fontsize=7, ncol=2)
     ax[0].set_ylabel("occupancy (atoms)")
-    ax[0].set_title(f"the {len(top)} columns that changed most (of {len(ids)})", fontsize=9)
+    ax[0].set_title(
+        f"the {len(top)} columns that changed most (of {len(ids)}); single-frame estimates: "
+        "at low SNR their noise shows as changes too",
+        fontsize=8,
+    )
     ax[1].plot(t, seen.sum(axis=0), "k.-")
     ax[1].set_ylabel("atoms in all columns")
     ax[1].set_xlabel("frame")
