@@ -104,7 +104,7 @@ def _series_outputs(rows: list[dict[str, Any]], n_frames: int, out: Path) -> int
         y = np.where(occ[i] < 0, np.nan, occ[i]).astype(float)
         ax[0].step(t, y, where="mid", label=f"column {ids[i]}")
     if len(top):
-        ax[0].legend(fontsize=7, ncol=2)
+        ax[0].legend(fontsize=7, ncol=2, loc="best")
     ax[0].set_ylabel("occupancy (atoms)")
     ax[0].set_title(
         f"the {len(top)} columns that changed most (of {len(ids)}); single-frame estimates: "
