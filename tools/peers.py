@@ -59,8 +59,9 @@ __all__ = [
 
 NOISE = {"noise_px": 0.3, "miss": 0.01, "fp_per_frame": 0.5}
 SCORE_KEYS = ("mota", "motp", "idf1", "idsw", "fp", "fn", "fusion_precision", "fusion_recall")
-# Grids per preset: the best values of a first, wider run on table1 sat at its upper edge, so
-# the table1 grid reaches beyond them; dense (10× the detections) gets the neighbourhood only.
+# Grids per preset: earlier runs' best values sat at the upper edge of their grids, so these
+# reach beyond them (MOTA levels off from 16 px on dense); dense has 10× the detections and
+# gets a coarser grid.
 GRIDS: dict[str, dict[str, dict[str, tuple[Any, ...]]]] = {
     "table1": {
         "trackpy": {"search_range_px": (4.0, 6.0, 8.0, 10.0, 12.0), "memory_frames": (2, 4, 8, 12)},
@@ -71,9 +72,9 @@ GRIDS: dict[str, dict[str, dict[str, tuple[Any, ...]]]] = {
         },
     },
     "dense": {
-        "trackpy": {"search_range_px": (4.0, 6.0, 8.0), "memory_frames": (2, 4)},
+        "trackpy": {"search_range_px": (8.0, 12.0, 16.0, 20.0), "memory_frames": (2, 4)},
         "laptrack": {
-            "cutoff_px": (4.0, 6.0, 8.0),
+            "cutoff_px": (8.0, 12.0, 16.0, 20.0),
             "gap_frames": (2, 4),
             "merging_cutoff_px": (None, 6.0),
         },
