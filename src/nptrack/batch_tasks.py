@@ -224,6 +224,7 @@ def store_frame(
 
     Returns (detections stored, problem or None).
     """
+    from nptrack.pipeline.store import frame_record
     from nptrack.register.warp import map_points
 
     matrix, px = reg["matrix"], reg["pixel_size_nm"]
@@ -236,22 +237,10 @@ def store_frame(
             dets["x_nm"] = dets["x"] * px[1]
             dets["y_nm"] = dets["y"] * px[0]
     dets = {k: np.asarray(v) for k, v in dets.items()}
-    row = {
-        "frame": reg["frame"],
-        "time_s": reg["time_s"],
-        "source": reg["source"],
-        "pixel_size_nm": None if not px else float(np.sqrt(px[0] * px[1])),
-        "a11": matrix[0, 0],
-        "a12": matrix[0, 1],
-        "tx": matrix[0, 2],
-        "a21": matrix[1, 0],
-        "a22": matrix[1, 1],
-        "ty": matrix[1, 2],
-        "reg_cc": reg["reg_cc"],
-        "status": status,
-        "height": det.shape[0],
-        "width": det.shape[1],
-    }
+    row = frame_record(
+        frame=reg["frame"], time_s=reg["time_s"], source=reg["source"], pixel_size_nm=px,
+        matrix=matrix, reg_cc=reg["reg_cc"], status=status, shape=det.shape,
+    )  # fmt: skip
     store.add_frame(row, dets, run_id=run_id)
     if tracker is not None:
         tracker.update(reg["frame"], {} if status == "failed" else dets)

@@ -28,7 +28,7 @@ from nptrack.pipeline.stages import (
     send,
     serve_detect,
 )
-from nptrack.pipeline.store import SessionStore
+from nptrack.pipeline.store import SessionStore, frame_record
 
 __all__ = ["RunSummary", "Steps", "Tracker", "run_pipeline"]
 
@@ -257,24 +257,11 @@ def run_pipeline(
 
     def _store_frame(msg: Message) -> None:
         f = msg.fields
-        matrix = np.asarray(f["matrix"])
-        px = f["pixel_size_nm"]
-        row = {
-            "frame": f["index"],
-            "time_s": f["time_s"],
-            "source": f["source"],
-            "pixel_size_nm": None if not px else float(np.sqrt(px[0] * px[1])),
-            "a11": matrix[0, 0],
-            "a12": matrix[0, 1],
-            "tx": matrix[0, 2],
-            "a21": matrix[1, 0],
-            "a22": matrix[1, 1],
-            "ty": matrix[1, 2],
-            "reg_cc": f["reg_cc"],
-            "status": f["status"],
-            "height": f["height"],
-            "width": f["width"],
-        }
+        row = frame_record(
+            frame=f["index"], time_s=f["time_s"], source=f["source"],
+            pixel_size_nm=f["pixel_size_nm"], matrix=f["matrix"], reg_cc=f["reg_cc"],
+            status=f["status"], shape=(f["height"], f["width"]),
+        )  # fmt: skip
         dets = msg.arrays
         store.add_frame(row, dets, run_id=run_id)
         if steps.tracker is not None:

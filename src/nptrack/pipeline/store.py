@@ -12,7 +12,7 @@ import csv
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "FRAME_COLUMNS",
     "TRACK_COLUMNS",
     "SessionStore",
+    "frame_record",
 ]
 
 # The data contract's columns are defined where they are computed.
@@ -60,6 +61,33 @@ CREATE TABLE IF NOT EXISTS events (
     version INTEGER, frame INTEGER, type TEXT, track_ids TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+
+
+def frame_record(
+    *,
+    frame: int,
+    time_s: float | None,
+    source: str,
+    pixel_size_nm: Sequence[float] | None,
+    matrix: np.ndarray,
+    reg_cc: float,
+    status: str,
+    shape: tuple[int, int],
+) -> dict[str, Any]:
+    """The frames-table row of one frame.
+
+    `pixel_size_nm` is (y, x) or None; the row keeps their geometric mean. `matrix` (2, 3) maps
+    acquired-frame pixels to frame-0 pixels; `shape` is the acquired (height, width).
+    """
+    m = np.asarray(matrix, dtype=float)
+    px = pixel_size_nm
+    return {
+        "frame": frame, "time_s": time_s, "source": source,
+        "pixel_size_nm": None if not px else float(np.sqrt(px[0] * px[1])),
+        "a11": m[0, 0], "a12": m[0, 1], "tx": m[0, 2],
+        "a21": m[1, 0], "a22": m[1, 1], "ty": m[1, 2],
+        "reg_cc": reg_cc, "status": status, "height": shape[0], "width": shape[1],
+    }  # fmt: skip
 
 
 def _py(value: Any) -> Any:
