@@ -10,10 +10,15 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
   committed and fed to the online tracker), p50 / p95;
 - throughput: frames delivered as fast as the pipeline takes them (back-pressure), frames/s;
 - memory: resident set size every 50 frames over a long run (``--long N``; the same few
-  frames replayed), with the slope in MiB per 100 frames.
+  frames replayed), with the slope in MiB per 100 frames;
+- measurement (``--measure``): per frame, outside the pipeline, the U-Net, then
+  `detect_particles` (threshold, clean, polarity cut, separation, measurement) and
+  `measure_particles` alone on its probability, median of ``--repeats`` runs, in s and ms per
+  particle.
 
     python tools/bench.py --sizes 1024 2048 --frames 12 --out bench.json
     python tools/bench.py --sizes 1024 --frames 0 --long 1000 --out bench_memory.json
+    python tools/bench.py --sizes 1024 2048 --frames 0 --measure --out bench_measure.json
 """
 
 from __future__ import annotations
@@ -114,6 +119,66 @@ def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -
     }
 
 
+def _median_s(run: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    out, times = run(), []  # the first run warms up (arenas, caches) and is not counted
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def measure_speed(frame: Frame, config: Any, repeats: int) -> dict[str, Any]:
+    """Seconds per frame of the U-Net, `detect_particles` and `measure_particles`."""
+    from nptrack.measure import detect_particles, measure_particles
+    from nptrack.measure.analyze import analyze_frame, find_model
+    from nptrack.segment.infer import Segmenter
+
+    model = find_model(config.segment)
+    segmenter = Segmenter.from_config(config.segment.model_copy(update={"model_path": str(model)}))
+    px, contrast = frame.pixel_size_nm, config.segment.contrast
+    _, used = analyze_frame(frame, segmenter, config=config, contrast=contrast)
+    unet_s, prob = _median_s(
+        lambda: segmenter.predict(frame.data, pixel_size_nm=px, contrast=contrast), repeats
+    )
+    m = config.measure
+    detect_s, particles = _median_s(
+        lambda: detect_particles(
+            prob,
+            frame.data,
+            threshold=segmenter.threshold,
+            pixel_size_nm=px,
+            contrast=used,
+            config=m,
+        ),
+        repeats,
+    )
+    measure_s, _ = _median_s(
+        lambda: measure_particles(
+            particles.labels,
+            frame.data,
+            prob,
+            pixel_size_nm=px,
+            contrast=used,
+            background_ring_px=m.background_ring_px,
+            intensity_margin_px=m.intensity_margin_px,
+            convexity_threshold=m.convexity_threshold,
+            separated=particles.columns["separated"],
+        ),
+        repeats,
+    )
+    n = max(particles.count, 1)
+    return {
+        "particles": particles.count,
+        "unet_s": round(unet_s, 3),
+        "detect_particles_s": round(detect_s, 3),
+        "detect_particles_ms_per_particle": round(1e3 * detect_s / n, 3),
+        "measure_particles_s": round(measure_s, 3),
+        "measure_particles_ms_per_particle": round(1e3 * measure_s / n, 3),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
@@ -121,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", type=int, default=0, help="memory run of this many frames")
     ap.add_argument("--long-size", type=int, default=1024, help="frame size of the memory run")
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
+    ap.add_argument("--measure", action="store_true", help="time the measurement stage alone")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per --measure timing")
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -152,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
             latency = run(frames, args.frames, cadence, config, background=False)
             result["sizes"][f"{size}x{size}"] = {"throughput": through, "latency": latency}
             print(json.dumps({size: result["sizes"][f"{size}x{size}"]}), file=sys.stderr)
+        for size in args.sizes if args.measure else []:
+            print(f"measurement of a {size}² frame ...", file=sys.stderr)
+            frame = make_series(Path(tmp) / f"m{size}", size, 1)[0]
+            result.setdefault("measure", {})[f"{size}x{size}"] = measure_speed(
+                frame, config, args.repeats
+            )
+            print(json.dumps(result["measure"][f"{size}x{size}"]), file=sys.stderr)
         if args.long:
             frames = make_series(Path(tmp) / "long", args.long_size, 6)
             rss: list[tuple[int, float]] = []
