@@ -34,9 +34,8 @@ from nptrack.segment.infer import (
     METADATA_PREFIX,
     ModelFileError,
     normalise,
-    select_providers,
-    tile_layout,
-    tile_weights,
+    open_session,
+    tiled_logits,
 )
 
 __all__ = [
@@ -132,7 +131,6 @@ class ColumnSegmenter:
         self.session = session
         self.metadata = metadata
         self.providers: list[str] = list(session.get_providers())
-        self.input_name = session.get_inputs()[0].name
         self.multiple = int(metadata["input_multiple"])
         self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)
         self.tile_overlap_px = int(tile_overlap_px)
@@ -166,19 +164,8 @@ class ColumnSegmenter:
         ModelFileError
             Missing file, not ONNX, not a column model.
         """
-        import onnxruntime as ort
-
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: model file not found")
-        so = ort.SessionOptions()
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
-        try:
-            session = ort.InferenceSession(str(path), so, providers=select_providers(providers))
-        except Exception as exc:  # ORT raises several private exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path}: cannot load as an ONNX model: {first}") from None
+        session = open_session(path, providers=providers, intra_op_threads=intra_op_threads)
         meta = read_column_metadata(session.get_modelmeta().custom_metadata_map, str(path))
         return cls(session, meta, **options)
 
@@ -214,30 +201,10 @@ class ColumnSegmenter:
         return ColumnPrediction(decide_classes(prob), prob.max(axis=0), prob)
 
     def _tiled_logits(self, x: np.ndarray) -> np.ndarray:
-        h, w = x.shape
-        m, ov = self.multiple, self.tile_overlap_px
-        ph, pw = -h % m, -w % m
-        if ph or pw:
-            x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-        hh, ww = x.shape
-        ys, th = tile_layout(hh, tile_px=self.tile_px, overlap_px=ov, multiple=m)
-        xs, tw = tile_layout(ww, tile_px=self.tile_px, overlap_px=ov, multiple=m)
-        jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-        if len(jobs) == 1:
-            return self.session.run(None, {self.input_name: x[None, None]})[0][0, :, :h, :w]
-        wy = [tile_weights(th, y0, hh, overlap_px=ov) for y0 in ys]
-        wx = [tile_weights(tw, x0, ww, overlap_px=ov) for x0 in xs]
-        acc = np.zeros((self.n_classes + 1, hh, ww), np.float32)
-        wsum = np.zeros((hh, ww), np.float32)
-        for b in range(0, len(jobs), self.tile_batch):
-            chunk = jobs[b : b + self.tile_batch]
-            batch = np.stack([x[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for i, j in chunk])
-            out = self.session.run(None, {self.input_name: batch[:, None]})[0]
-            for (i, j), tile in zip(chunk, out, strict=True):
-                wt = np.outer(wy[i], wx[j])
-                acc[:, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += tile * wt
-                wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += wt
-        return (acc / wsum)[:, :h, :w]
+        return tiled_logits(
+            self.session, x, multiple=self.multiple, tile_px=self.tile_px,
+            overlap_px=self.tile_overlap_px, tile_batch=self.tile_batch,
+        )  # fmt: skip
 
 
 #: Regions smaller than this share of a label disc (radius ``label_radius_A``) are dropped.

@@ -37,11 +37,13 @@ __all__ = [
     "Segmenter",
     "estimate_polarity",
     "normalise",
+    "open_session",
     "read_metadata",
     "robust_diameter_px",
     "select_providers",
     "tile_layout",
     "tile_weights",
+    "tiled_logits",
 ]
 
 log = logging.getLogger("nptrack.segment")
@@ -176,7 +178,6 @@ class Segmenter:
         self.metadata = metadata
         self.threshold = float(metadata["threshold"] if threshold is None else threshold)
         self.providers: list[str] = list(session.get_providers())
-        self.input_name = session.get_inputs()[0].name
         self.multiple = int(metadata["input_multiple"])
         self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)
         self.tile_overlap_px = int(tile_overlap_px)
@@ -214,30 +215,7 @@ class Segmenter:
             Missing file, not ONNX, no nptrack metadata, wrong input rank.
         """
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: model file not found")
-        chosen = select_providers(providers)
-        so = ort.SessionOptions()
-        if intra_op_threads:
-            so.intra_op_num_threads = int(intra_op_threads)
-        # Keep ORT quiet while it tries CUDA; we report the outcome ourselves below.
-        ort.set_default_logger_severity(4 if _CUDA in chosen else 2)
-        try:
-            session = ort.InferenceSession(str(path), so, providers=chosen)
-        except Exception as exc:  # ORT raises several private exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFileError(f"{path}: cannot load as an ONNX model: {first}") from None
-        finally:
-            ort.set_default_logger_severity(2)  # ORT's default (warnings)
-        got = session.get_providers()
-        if _CUDA in chosen and _CUDA not in got:
-            if providers == "cuda":
-                raise ModelFileError(
-                    f"{path}: CUDA was requested but ONNX Runtime could not use it "
-                    "(driver, CUDA or cuDNN missing); use providers='auto' or 'cpu'"
-                )
-            log.warning("CUDA provider failed to load (CUDA/cuDNN libraries?): using CPU")
-        log.info("segmenter %s on %s", path.name, ", ".join(got))
+        session = open_session(path, providers=providers, intra_op_threads=intra_op_threads)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
             ranks = [len(i.shape) for i in inputs]
@@ -400,31 +378,10 @@ class Segmenter:
         return self._tiled_logits(x)
 
     def _tiled_logits(self, x: np.ndarray) -> np.ndarray:
-        h, w = x.shape
-        m, ov = self.multiple, self.tile_overlap_px
-        # Pad (reflection keeps the local statistics) to the multiple the U-Net needs.
-        ph, pw = -h % m, -w % m
-        if ph or pw:
-            x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
-        hh, ww = x.shape
-        ys, th = tile_layout(hh, tile_px=self.tile_px, overlap_px=ov, multiple=m)
-        xs, tw = tile_layout(ww, tile_px=self.tile_px, overlap_px=ov, multiple=m)
-        wy = [tile_weights(th, y0, hh, overlap_px=ov) for y0 in ys]
-        wx = [tile_weights(tw, x0, ww, overlap_px=ov) for x0 in xs]
-        jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
-        if len(jobs) == 1:
-            return self.session.run(None, {self.input_name: x[None, None]})[0][0, 0, :h, :w]
-        acc = np.zeros((hh, ww), np.float32)
-        wsum = np.zeros((hh, ww), np.float32)
-        for b in range(0, len(jobs), self.tile_batch):
-            chunk = jobs[b : b + self.tile_batch]
-            batch = np.stack([x[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for i, j in chunk])
-            out = self.session.run(None, {self.input_name: batch[:, None]})[0][:, 0]
-            for (i, j), tile in zip(chunk, out, strict=True):
-                wt = np.outer(wy[i], wx[j])
-                acc[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += tile * wt
-                wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += wt
-        return (acc / wsum)[:h, :w]
+        return tiled_logits(
+            self.session, x, multiple=self.multiple, tile_px=self.tile_px,
+            overlap_px=self.tile_overlap_px, tile_batch=self.tile_batch,
+        )[0]  # fmt: skip
 
     def __repr__(self) -> str:
         v = self.metadata.get("model_version", "?")
@@ -432,6 +389,98 @@ class Segmenter:
 
 
 # -- helpers (pure numpy / OpenCV) ------------------------------------------------------------
+def open_session(
+    path: Path, *, providers: str | Sequence[str] = "auto", intra_op_threads: int | None = None
+) -> Any:
+    """One ONNX Runtime session of a model file, on the providers really available.
+
+    ``providers="auto"`` falls back to CPU and logs why; ``"cuda"`` raises
+    :class:`ModelFileError` if CUDA cannot be used. A missing or unreadable file raises
+    :class:`ModelFileError` with one line.
+    """
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    chosen = select_providers(providers)
+    so = ort.SessionOptions()
+    if intra_op_threads:
+        so.intra_op_num_threads = int(intra_op_threads)
+    # Keep ORT quiet while it tries CUDA; we report the outcome ourselves below.
+    ort.set_default_logger_severity(4 if _CUDA in chosen else 2)
+    try:
+        session = ort.InferenceSession(str(path), so, providers=chosen)
+    except Exception as exc:  # ORT raises several private exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path}: cannot load as an ONNX model: {first}") from None
+    finally:
+        ort.set_default_logger_severity(2)  # ORT's default (warnings)
+    got = session.get_providers()
+    if _CUDA in chosen and _CUDA not in got:
+        if providers == "cuda":
+            raise ModelFileError(
+                f"{path}: CUDA was requested but ONNX Runtime could not use it "
+                "(driver, CUDA or cuDNN missing); use providers='auto' or 'cpu'"
+            )
+        log.warning("CUDA provider failed to load (CUDA/cuDNN libraries?): using CPU")
+    log.info("model %s on %s", path.name, ", ".join(got))
+    return session
+
+
+def tiled_logits(
+    session: Any,
+    x: np.ndarray,
+    *,
+    multiple: int,
+    tile_px: int,
+    overlap_px: int,
+    tile_batch: int = 1,
+) -> np.ndarray:
+    """Logits of a normalised image through overlapping tiles, blended without seams.
+
+    Parameters
+    ----------
+    session : onnxruntime.InferenceSession
+        One input (N, 1, H, W), one output (N, C, H, W).
+    x : ndarray, shape (H, W), float32
+    multiple : int
+        The model needs heights and widths divisible by this (reflection padding).
+    tile_px, overlap_px, tile_batch : int
+        Tile side, overlap and tiles per run (see `tile_layout`, `tile_weights`).
+
+    Returns
+    -------
+    ndarray, shape (C, H, W), float32
+    """
+    name = session.get_inputs()[0].name
+    h, w = x.shape
+    m, ov = multiple, overlap_px
+    # Pad (reflection keeps the local statistics) to the multiple the U-Net needs.
+    ph, pw = -h % m, -w % m
+    if ph or pw:
+        x = cv2.copyMakeBorder(x, 0, ph, 0, pw, cv2.BORDER_REFLECT_101)
+    hh, ww = x.shape
+    ys, th = tile_layout(hh, tile_px=tile_px, overlap_px=ov, multiple=m)
+    xs, tw = tile_layout(ww, tile_px=tile_px, overlap_px=ov, multiple=m)
+    jobs = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    if len(jobs) == 1:
+        return session.run(None, {name: x[None, None]})[0][0, :, :h, :w]
+    wy = [tile_weights(th, y0, hh, overlap_px=ov) for y0 in ys]
+    wx = [tile_weights(tw, x0, ww, overlap_px=ov) for x0 in xs]
+    acc: np.ndarray | None = None
+    wsum = np.zeros((hh, ww), np.float32)
+    for b in range(0, len(jobs), tile_batch):
+        chunk = jobs[b : b + tile_batch]
+        batch = np.stack([x[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] for i, j in chunk])
+        out = session.run(None, {name: batch[:, None]})[0]
+        if acc is None:
+            acc = np.zeros((out.shape[1], hh, ww), np.float32)
+        for (i, j), tile in zip(chunk, out, strict=True):
+            wt = np.outer(wy[i], wx[j])
+            acc[:, ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += tile * wt
+            wsum[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += wt
+    assert acc is not None
+    return (acc / wsum)[:, :h, :w]
+
+
 def normalise(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     """Robust percentile scaling of a whole frame, as described by the model metadata.
 
