@@ -231,6 +231,20 @@ def _series_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--publish", default=None, help="PUB address for dashboards (default: config).")
 @click.option("--no-publish", is_flag=True, help="Do not publish for dashboards.")
 @_remote_options
+@click.option(
+    "--mode",
+    type=click.Choice(["particles", "columns"]),
+    default="particles",
+    show_default=True,
+    help="particles: U-Net, measurement, NP-Tracker; columns: atomic columns and their "
+    "occupancy (atomic-resolution frames, column model).",
+)
+@click.option(
+    "--columns-model",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Column model for --mode columns (default models/nptrack-columns-v1.onnx).",
+)
 @friendly
 def watch(
     folder: Path,
@@ -246,6 +260,8 @@ def watch(
     no_publish: bool,
     workers: int | None,
     detect_bind: tuple[str, str] | None,
+    mode: str,
+    columns_model: Path | None,
 ) -> None:
     """Live mode: analyse every frame the microscope writes into FOLDER.
 
@@ -255,6 +271,10 @@ def watch(
     taking frames, stores those in flight, runs the global re-optimisation and writes the
     exports (frames.csv, detections.csv, tracks.csv, events.csv, summary.json). Running it
     again on the same SESSION resumes: stored frames are not processed again.
+
+    With --mode columns, atomic-resolution frames go through the column model instead:
+    SESSION/columns.csv (column ids stable over the series, occupancy, confidence),
+    occupancy_time.csv / .png, frames.csv and summary.json; no dashboard.
     """
     from nptrack.pipeline.session import folder_source, run_session
     from nptrack.pipeline.store import SessionStore
@@ -265,6 +285,12 @@ def watch(
         config.watch.poll = True
     if not folder.is_dir():
         raise UserError(f"{folder}: no such folder to watch")
+    if mode == "columns":
+        _watch_columns(folder, session_dir, config, until_idle_s, pixel_size_nm, workers,
+                       columns_model)  # fmt: skip
+        return
+    if columns_model is not None:
+        raise UserError("--columns-model is for --mode columns")
     gui = _gui_available(no_gui)
     skip: set[str] = set()
     if (session_dir / "session.sqlite").is_file():
@@ -290,6 +316,61 @@ def watch(
             result = run(stop)
     result.problems.extend(problems)
     _finish_report(result)
+
+
+def _watch_columns(
+    folder: Path,
+    session_dir: Path,
+    config: Any,
+    until_idle_s: float | None,
+    pixel_size_nm: float | None,
+    workers: int | None,
+    model: Path | None,
+) -> None:
+    """`watch --mode columns`: the column model on every frame, ids tracked over the series."""
+    from nptrack.pipeline.columns import DEFAULT_COLUMN_MODEL, run_column_session
+    from nptrack.pipeline.session import folder_source
+    from nptrack.pipeline.store import SessionStore
+
+    model = model or DEFAULT_COLUMN_MODEL
+    if not model.is_file():
+        raise UserError(f"{model}: no such column model (--columns-model)")
+    skip: set[str] = set()
+    if (session_dir / "session.sqlite").is_file():
+        with SessionStore(session_dir) as store:
+            skip = store.sources()
+    problems: list[str] = []
+    source = folder_source(folder, config=config, skip=skip, idle_s=until_idle_s,
+                           problems=problems)  # fmt: skip
+    _say(f"watching {folder} -> {session_dir} (atomic columns, {model.name})")
+
+    def progress(row: dict[str, Any], summary: Any) -> None:
+        click.echo(
+            f"frame {row['frame']:5d}  {Path(str(row['source'])).name}  "
+            f"{row['n_detections']} columns  latency {row['latency_s']:.2f} s"
+        )
+
+    with _graceful_stop() as stop:
+        try:
+            result = run_column_session(
+                source, session_dir, model_path=model, pixel_size_nm=pixel_size_nm,
+                workers=config.pipeline.detect_workers if workers is None else max(workers, 1),
+                intra_op_threads=config.segment.intra_op_threads,
+                hwm=config.pipeline.high_water_mark,
+                on_frame=progress, on_status=_say, stop=stop,
+                settings={"pixel_size_nm": pixel_size_nm, "folder": str(folder)},
+            )  # fmt: skip
+        except ValueError as exc:  # a particle session, a bad model file
+            raise UserError(str(exc)) from None
+    lat = result.summary.latencies_s
+    p50 = sorted(lat)[len(lat) // 2] if lat else float("nan")
+    click.echo(
+        f"session {result.session_dir}: {result.resumed_frames + result.summary.frames_stored} "
+        f"frame(s) ({result.resumed_frames} from before), {result.columns_stored} columns, "
+        f"{result.columns_tracked} column ids; median latency {p50:.2f} s"
+    )
+    for problem in [*result.problems, *problems]:
+        _say(f"problem: {problem}")
 
 
 # --- demo -----------------------------------------------------------------------------------

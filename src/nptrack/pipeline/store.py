@@ -22,6 +22,7 @@ from nptrack.measure.props import DETECTION_COLUMNS as MEASURE_COLUMNS
 from nptrack.register.incremental import FRAMES_COLUMNS
 
 __all__ = [
+    "ATOM_COLUMN_COLUMNS",
     "DETECTION_COLUMNS",
     "EVENT_COLUMNS",
     "FRAME_COLUMNS",
@@ -35,6 +36,9 @@ FRAME_COLUMNS = FRAMES_COLUMNS
 DETECTION_COLUMNS = ("frame", "det_id", *MEASURE_COLUMNS)
 TRACK_COLUMNS = ("frame", "track_id", "x", "y", "diameter_nm", "intensity", "det_id", "state")
 EVENT_COLUMNS = ("frame", "type", "track_ids", "detail")
+# Atomic-column mode (`watch --mode columns`): one row per column and frame, positions in px
+# of the acquired frame; column_id is set by the column tracker after the frame is stored.
+ATOM_COLUMN_COLUMNS = ("frame", "det_id", "column_id", "x", "y", "occupancy", "confidence")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,6 +64,9 @@ CREATE INDEX IF NOT EXISTS tracks_version ON tracks (version, frame);
 CREATE TABLE IF NOT EXISTS events (
     version INTEGER, frame INTEGER, type TEXT, track_ids TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS atom_columns (
+    frame INTEGER, det_id INTEGER, column_id INTEGER, x REAL, y REAL, occupancy INTEGER,
+    confidence REAL, PRIMARY KEY (frame, det_id));
 """
 
 
@@ -161,9 +168,15 @@ class SessionStore:
         frame : mapping
             The `FRAME_COLUMNS` (plus optional height, width).
         detections : mapping of column name to 1-D array
-            The `DETECTION_COLUMNS` except ``frame`` (missing columns are stored as NULL).
+            The `DETECTION_COLUMNS` except ``frame`` (missing columns are stored as NULL); or,
+            when it has an ``occupancy`` column, the atomic columns of the frame
+            (`ATOM_COLUMN_COLUMNS` but frame and column_id), stored in ``atom_columns``.
         """
         n = len(detections.get("det_id", ()))
+        atoms = "occupancy" in detections
+        table, columns = (
+            ("atom_columns", ATOM_COLUMN_COLUMNS) if atoms else ("detections", DETECTION_COLUMNS)
+        )
         rows = [
             tuple(
                 frame["frame"]
@@ -171,7 +184,7 @@ class SessionStore:
                 else _py(detections[c][i])
                 if c in detections
                 else None
-                for c in DETECTION_COLUMNS
+                for c in columns
             )
             for i in range(n)
         ]
@@ -183,7 +196,17 @@ class SessionStore:
                 (*values, _py(frame.get("height")), _py(frame.get("width")), run_id),
             )
             self._db.executemany(
-                f"INSERT INTO detections VALUES ({', '.join('?' * len(DETECTION_COLUMNS))})", rows
+                f"INSERT INTO {table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                rows,
+            )
+
+    def set_column_ids(self, frame: int, det_ids: Sequence[int], column_ids: Sequence[int]) -> None:
+        """Store the column ids the column tracker gave to the atomic columns of `frame`."""
+        with self._db:
+            self._db.executemany(
+                "UPDATE atom_columns SET column_id = ? WHERE frame = ? AND det_id = ?",
+                [(int(c), int(frame), int(d)) for d, c in zip(det_ids, column_ids, strict=True)],
             )
 
     def add_tracks(
@@ -255,6 +278,19 @@ class SessionStore:
     def n_detections(self) -> int:
         """Number of stored detections."""
         return int(self._db.execute("SELECT COUNT(*) FROM detections").fetchone()[0])
+
+    def n_atom_columns(self) -> int:
+        """Number of stored atomic columns (column mode; summed over frames)."""
+        return int(self._db.execute("SELECT COUNT(*) FROM atom_columns").fetchone()[0])
+
+    def atom_columns(self, frame: int | None = None) -> list[dict[str, Any]]:
+        """Atomic-column rows (of one frame, or all) in (frame, det_id) order."""
+        sql = f"SELECT {', '.join(ATOM_COLUMN_COLUMNS)} FROM atom_columns"
+        args: tuple[Any, ...] = ()
+        if frame is not None:
+            sql, args = sql + " WHERE frame = ?", (frame,)
+        cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
+        return [dict(zip(ATOM_COLUMN_COLUMNS, row, strict=True)) for row in cur]
 
     def frames(self) -> list[dict[str, Any]]:
         """All frame rows in frame order."""

@@ -1,0 +1,376 @@
+"""Atomic-column mode of the live pipeline: ``nptrack watch FOLDER --mode columns``.
+
+The plumbing is the particle sessions' (`run_pipeline`: watcher → register → detect ×N →
+track + store, one transaction per frame, resume after a crash); the steps differ:
+
+- register: none. At atomic resolution a phase correlation can lock onto the lattice one
+  period off; the column tracker removes each frame's drift itself (median displacement of
+  the matched columns), which is all that column identities need.
+- detect: the column U-Net (`ColumnSegmenter`) and `find_columns` per frame; one ONNX Runtime
+  session per worker.
+- track: `ColumnTracker` gives every column a stable id (nearest position after drift removal)
+  and stores it beside the column in ``atom_columns``.
+
+Exports: ``columns.csv`` (frame, column_id, x, y, occupancy, confidence, source),
+``frames.csv``, ``occupancy_time.csv`` / ``.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nptrack.frames import Frame
+from nptrack.pipeline.run import RunSummary, Steps, run_pipeline
+from nptrack.pipeline.store import FRAME_COLUMNS, SessionStore
+
+__all__ = [
+    "ColumnSessionResult",
+    "ColumnTracker",
+    "make_column_detector_factory",
+    "run_column_session",
+]
+
+log = logging.getLogger(__name__)
+
+Source = Callable[[Callable[[Frame], None], threading.Event], None]
+Detect = Callable[[np.ndarray, Any], dict[str, np.ndarray]]
+DEFAULT_COLUMN_MODEL = Path(__file__).resolve().parents[3] / "models" / "nptrack-columns-v1.onnx"
+_MODE_KEY = "mode"
+
+
+@dataclass
+class ColumnSessionResult:
+    """What a column session run did."""
+
+    session_dir: Path
+    resumed_frames: int
+    summary: RunSummary
+    columns_stored: int
+    columns_tracked: int
+    exports: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def make_column_detector_factory(
+    model_path: str | Path,
+    *,
+    intra_op_threads: int | None = None,
+    providers: str = "auto",
+    on_assumed_pixel_size: Callable[[str], None] | None = None,
+) -> tuple[Callable[[], Detect], dict[str, Any]]:
+    """``make() -> detect`` for column frames, and the model's metadata.
+
+    ``detect(image, pixel_size_nm)`` returns det_id, x, y (px of the frame), occupancy
+    (atoms), confidence and pixel_size_A per column. A frame without a pixel size is run at
+    the model's own (said once through `on_assumed_pixel_size`).
+    """
+    from nptrack.segment.columns_infer import ColumnSegmenter, default_min_area_px, find_columns
+
+    probe = ColumnSegmenter.from_path(model_path, providers=providers, intra_op_threads=1)
+    metadata = dict(probe.metadata)
+    model_px_A = probe.pixel_size_A
+    del probe
+    said = threading.Event()
+
+    def make() -> Detect:
+        seg = ColumnSegmenter.from_path(
+            model_path, providers=providers, intra_op_threads=intra_op_threads
+        )
+
+        def detect(image: np.ndarray, pixel_size_nm: Any) -> dict[str, np.ndarray]:
+            if pixel_size_nm:
+                px_A = 10.0 * float(np.sqrt(pixel_size_nm[0] * pixel_size_nm[1]))
+            else:
+                px_A = model_px_A
+                if not said.is_set() and on_assumed_pixel_size is not None:
+                    said.set()
+                    on_assumed_pixel_size(
+                        f"frames without a pixel size: assumed the model's {model_px_A:g} Å/px "
+                        "(give --pixel-size-nm)"
+                    )
+            pred = seg.predict(np.asarray(image, dtype=np.float32), pixel_size_A=px_A)
+            cols = find_columns(pred, min_area_px=default_min_area_px(seg.metadata, px_A))
+            n = len(cols["x"])
+            return {
+                "det_id": np.arange(n, dtype=np.int64),
+                "x": np.asarray(cols["x"], float),
+                "y": np.asarray(cols["y"], float),
+                "occupancy": np.asarray(cols["occupancy"], np.int64),
+                "confidence": np.asarray(cols["confidence"], float),
+                "pixel_size_A": np.full(n, px_A),
+            }
+
+        return detect
+
+    return make, metadata
+
+
+class ColumnLinker:
+    """Stable column ids, frame after frame, by nearest position after drift removal.
+
+    A frame's columns are matched one-to-one to the last known position of every column
+    seen so far, moved by the accumulated drift; the frame's drift is the median
+    displacement of a first matching (at least 3 pairs), after which they are matched
+    again. Unmatched columns get new ids.
+    """
+
+    def __init__(self) -> None:
+        self.known_xy = np.zeros((0, 2))
+        self.shift_xy = np.zeros(2)  # accumulated drift (px); known positions move with it
+
+    def assign(self, xy: np.ndarray, *, max_distance_px: float) -> np.ndarray:
+        """Ids of the columns at `xy` (shape (N, 2), x and y in px)."""
+        from nptrack.segment.columns_infer import match_columns
+
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        ids = np.full(len(xy), -1, np.int64)
+        ia, ib = match_columns(xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px)
+        if len(ia) >= 3:
+            self.shift_xy = self.shift_xy + np.median(
+                xy[ia] - self.known_xy[ib] - self.shift_xy, axis=0
+            )
+            ia, ib = match_columns(
+                xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px
+            )
+        ids[ia] = ib
+        self.known_xy[ib] = xy[ia] - self.shift_xy
+        new = np.flatnonzero(ids < 0)
+        ids[new] = np.arange(len(self.known_xy), len(self.known_xy) + len(new))
+        self.known_xy = np.concatenate([self.known_xy, xy[new] - self.shift_xy])
+        return ids
+
+
+class ColumnTracker:
+    """The track stage of a column session (`nptrack.pipeline.run.Tracker`).
+
+    Parameters
+    ----------
+    store : SessionStore
+    column_spacing_A : float
+        Typical column spacing (model metadata); a column moves less than half of it
+        between frames once the drift is removed.
+    """
+
+    def __init__(self, store: SessionStore, *, column_spacing_A: float) -> None:
+        self.store = store
+        self.max_distance_A = 0.5 * column_spacing_A
+        self.linker = ColumnLinker()
+
+    def _max_px(self, pixel_size_A: float) -> float:
+        return self.max_distance_A / pixel_size_A
+
+    def update(self, frame: int, detections: dict[str, np.ndarray]) -> None:
+        """Give the columns of `frame` their ids and store them."""
+        if not len(detections.get("det_id", ())):
+            return
+        xy = np.column_stack([detections["x"], detections["y"]])
+        px_A = float(np.asarray(detections["pixel_size_A"])[0])
+        ids = self.linker.assign(xy, max_distance_px=self._max_px(px_A))
+        self.store.set_column_ids(frame, detections["det_id"], ids)
+
+    def resume(self, *, default_pixel_size_A: float) -> int:
+        """Replay the stored columns (a resumed session): same ids as the first run gave.
+
+        Returns the number of frames replayed.
+        """
+        rows = self.store.atom_columns()
+        frames = {r["frame"]: r for r in self.store.frames()}
+        by_frame: dict[int, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_frame.setdefault(r["frame"], []).append(r)
+        for frame in sorted(by_frame):
+            group = by_frame[frame]
+            px_nm = frames.get(frame, {}).get("pixel_size_nm")
+            px_A = 10.0 * px_nm if px_nm else default_pixel_size_A
+            self.update(
+                frame,
+                {
+                    "det_id": np.array([r["det_id"] for r in group]),
+                    "x": np.array([r["x"] for r in group]),
+                    "y": np.array([r["y"] for r in group]),
+                    "pixel_size_A": np.array([px_A]),
+                },
+            )
+        return len(by_frame)
+
+    def finish(self) -> int | None:
+        """No track versions in column mode."""
+        return None
+
+
+def _register(frame: Frame) -> tuple[np.ndarray, float, str]:
+    return np.eye(2, 3), float("nan"), "ok"
+
+
+def _calibrated(source: Source, pixel_size_nm: float | None) -> Source:
+    """Give frames without a calibration `pixel_size_nm` (when set)."""
+    if pixel_size_nm is None:
+        return source
+
+    def wrapped(deliver: Callable[[Frame], None], stop: threading.Event) -> None:
+        def give(frame: Frame) -> None:
+            if frame.pixel_size_nm is None:
+                frame = Frame(
+                    frame.data, (pixel_size_nm, pixel_size_nm), frame.index, frame.time_s,
+                    frame.source, frame.meta,
+                )  # fmt: skip
+            deliver(frame)
+
+        source(give, stop)
+
+    return wrapped
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
+    tmp.replace(path)  # readers never see a half-written export
+    return path
+
+
+def export_columns(store: SessionStore, out_dir: str | Path, *, model: str) -> list[Path]:
+    """columns.csv, frames.csv, occupancy_time.csv / .png and summary.json of a column session."""
+    from nptrack.cli_columns import _series_outputs
+
+    out = Path(out_dir)
+    frames = store.frames()
+    source = {f["frame"]: f["source"] for f in frames}
+    rows = store.atom_columns()
+    # Written as `nptrack columns` writes them (px to 0.01, confidence to 0.001).
+    table = [
+        {**r, "x": f"{r['x']:.2f}", "y": f"{r['y']:.2f}", "confidence": f"{r['confidence']:.3f}",
+         "source": source.get(r["frame"], "")}
+        for r in rows
+    ]  # fmt: skip
+    keys = ("frame", "column_id", "x", "y", "occupancy", "confidence", "source")
+    paths = [
+        _write_csv(out / "columns.csv", keys, table),
+        _write_csv(out / "frames.csv", FRAME_COLUMNS, frames),
+    ]
+    tracked = [r for r in rows if r["column_id"] is not None]
+    changed = 0
+    if len(frames) > 1 and tracked:
+        changed = _series_outputs(tracked, max(f["frame"] for f in frames) + 1, out)
+        paths += [out / "occupancy_time.csv", out / "occupancy_time.png"]
+    summary = {
+        "mode": "columns",
+        "counts": {
+            "frames": len(frames),
+            "columns": len(rows),
+            "columns_tracked": len({r["column_id"] for r in tracked}),
+            "columns_changed": changed,
+        },
+        "model": model,
+        "settings": store.get_meta("config", {}),
+    }
+    path = out / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    return [*paths, path]
+
+
+def run_column_session(
+    source: Source,
+    session_dir: str | Path,
+    *,
+    model_path: str | Path = DEFAULT_COLUMN_MODEL,
+    command: str = "watch --mode columns",
+    settings: dict[str, Any] | None = None,
+    pixel_size_nm: float | None = None,
+    workers: int = 1,
+    intra_op_threads: int | None = None,
+    providers: str = "auto",
+    hwm: int = 4,
+    on_frame: Callable[[dict[str, Any], RunSummary], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ColumnSessionResult:
+    """Run (or resume) an atomic-column session: frames in, column tables out.
+
+    Parameters
+    ----------
+    source : callable
+        ``source(deliver, stop)``; frames already stored must not be delivered again.
+    session_dir : path-like
+        Created if missing; an existing column session is resumed (a particle session is
+        refused).
+    model_path : path-like
+        The column model (ONNX, ``nptrack.task = "columns"``).
+    settings : dict, optional
+        Recorded in the store (the command's options).
+    pixel_size_nm : float, optional
+        For frames without a calibration (else the model's pixel size is assumed).
+    workers : int
+        Detect workers, one ONNX Runtime session each.
+    on_frame, on_status, stop
+        As for `nptrack.pipeline.session.run_session`.
+    """
+    session_dir = Path(session_dir)
+    say = on_status or (lambda msg: log.info(msg))
+    problems: list[str] = []
+
+    def assumed(msg: str) -> None:
+        problems.append(msg)
+        say(msg)
+
+    make, metadata = make_column_detector_factory(
+        model_path,
+        intra_op_threads=intra_op_threads,
+        providers=providers,
+        on_assumed_pixel_size=assumed,
+    )
+    store = SessionStore(session_dir)
+    try:
+        resumed = store.n_frames()
+        mode = store.get_meta(_MODE_KEY, "particles" if resumed else None)
+        if mode not in (None, "columns"):
+            raise ValueError(
+                f"{session_dir}: a {mode} session; use another --session for column mode"
+            )
+        store.set_meta(_MODE_KEY, "columns")
+        store.set_meta("config", {"model": str(model_path), **(settings or {})})
+        run_id = store.start_run(command, {"model": str(model_path), **(settings or {})})
+        tracker = ColumnTracker(
+            store, column_spacing_A=float(metadata.get("column_spacing_A", 3.0))
+        )
+        if resumed:
+            say(f"resuming column session {session_dir}: {resumed} frame(s) stored")
+            tracker.resume(default_pixel_size_A=float(metadata.get("pixel_size_A", 0.3)))
+        steps = Steps(register=_register, make_detector=make, tracker=tracker)
+        summary = run_pipeline(
+            _calibrated(source, pixel_size_nm),
+            steps,
+            store,
+            workers=workers,
+            hwm=hwm,
+            first_index=resumed,
+            run_id=run_id,
+            source_stop=stop,
+            on_frame=on_frame,
+        )
+        say(f"stored {summary.frames_stored} new frame(s); exporting")
+        exports = export_columns(store, session_dir, model=str(model_path))
+        rows = store.atom_columns()
+        return ColumnSessionResult(
+            session_dir,
+            resumed,
+            summary,
+            len(rows),
+            len({r["column_id"] for r in rows if r["column_id"] is not None}),
+            exports,
+            [*problems, *summary.problems],
+        )
+    finally:
+        store.close()
