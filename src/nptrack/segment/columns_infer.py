@@ -232,12 +232,20 @@ def find_columns(pred: ColumnPrediction, *, min_area_px: int = 2) -> dict[str, n
     dict of str to ndarray, one entry per column
         ``x``, ``y`` (px; centroid weighted by ``1 - p(background)``), ``occupancy`` (the
         class 1..K with the largest probability summed over the region), ``confidence``
-        (mean max-probability over the region), ``area_px``.
+        (mean max-probability over the region), ``area_px``, ``class_probability``
+        (shape (M, K): the probabilities of occupancies 1..K summed over the region,
+        normalised to sum 1; the network's belief, e.g. a prior for atom counting).
     """
     lab, n = ndimage.label(pred.classes > 0, structure=np.ones((3, 3), bool))
     empty = {k: np.zeros(0) for k in ("x", "y", "confidence")}
     if n == 0:
-        return {**empty, "occupancy": np.zeros(0, int), "area_px": np.zeros(0, int)}
+        k = len(pred.probabilities) - 1
+        return {
+            **empty,
+            "occupancy": np.zeros(0, int),
+            "area_px": np.zeros(0, int),
+            "class_probability": np.zeros((0, k)),
+        }
     # Work on the column pixels only (a small share of the frame).
     idx = np.flatnonzero(lab.ravel())
     flat = lab.ravel()[idx] - 1
@@ -252,12 +260,14 @@ def find_columns(pred: ColumnPrediction, *, min_area_px: int = 2) -> dict[str, n
     occ = sums.argmax(axis=0) + 1
     conf = np.bincount(flat, weights=pred.confidence.ravel()[idx], minlength=n) / area
     keep = area >= min_area_px
+    cls_p = (sums / np.maximum(sums.sum(axis=0), 1e-12)).T
     return {
         "x": x[keep],
         "y": y[keep],
         "occupancy": occ[keep],
         "confidence": conf[keep],
         "area_px": area[keep],
+        "class_probability": cls_p[keep],
     }
 
 
