@@ -33,6 +33,7 @@ from nptrack.track.energy import (
 )
 from nptrack.track.initial import estimate_params, initial_solution
 from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move
+from nptrack.track.retime import retime_fusions
 
 __all__ = ["Mover", "assign_detections", "optimize", "params_from_config", "refine"]
 
@@ -528,6 +529,9 @@ def optimize(
         # next epoch: only moves around what changed (elsewhere nothing would be accepted)
         near = mover.neighbours([sol.tracks[i] for i in changed], 2.0 * mover.rmax + 10.0)
         mover.active = changed | near | _fusion_members(sol, changed | near)
+    # the energy cannot tell contact from coalescence (a blob holds both masses either way):
+    # date each fusion by the drop in the child's measured size, last
+    retime_fusions(sol, dets, unfuse_at_end=True)
     return sol
 
 

@@ -31,6 +31,7 @@ from nptrack.track.events import (
 )
 from nptrack.track.initial import _link_var, solve_lap
 from nptrack.track.moves import _join
+from nptrack.track.retime import retime_fusions
 
 __all__ = ["Commit", "OnlineTracker"]
 
@@ -178,6 +179,7 @@ class OnlineTracker:
         if changed:
             refine(sub, dets, p, ids=changed, maxiter=5, relax_iterations=2)
         assign_detections(sub, dets, p)
+        retime_fusions(sub, dets)
         self._write_back(sub, w0, g0)
 
     def _active(self, sub: Solution, mover: Mover, t: int) -> set[int]:
@@ -283,7 +285,9 @@ class OnlineTracker:
             tr = tr.copy()
             tr.det = np.where(tr.det >= 0, tr.det + g0, -1)
             old = sol.tracks.get(tid)
-            if old is not None and old.start < tr.start:
+            # keep the part before the window; inside it the window's version is the truth (a
+            # fusion re-dated by its area drop starts its child later than before)
+            if old is not None and old.start < min(tr.start, w0):
                 head = old.cut(old.start, tr.start - 1)
                 tr = Track(
                     tid,
