@@ -188,6 +188,26 @@ def test_cross_continues_under_a_blob() -> None:
     assert (sol.tracks[1].start, sol.tracks[1].end) == (0, N_FRAMES - 1) and 2 not in sol.tracks
 
 
+@pytest.mark.parametrize(("inten_a", "hidden"), [(800.0, True), (60.0, False)])
+def test_emerge_needs_the_mass_in_the_blob(inten_a: float, hidden: bool) -> None:
+    # c (1200) sits still; a appears next to it at frame 6. Before, the detector saw one blob
+    # of c + a: a was under c, unless a is so faint that the blob does not show its mass.
+    blob = [(f, 45.5, 50.0, 1200.0 + inten_a) for f in range(6)]
+    sc = Scene({"blob": blob, "c": still(45.0, 50.0, 6, 15, 1200.0),
+                "a": still(47.5, 50.0, 6, 15, inten_a)})  # fmt: skip
+    c = sc.track(3, ("blob", 0, 5), ("c", 6, 15))
+    sol = sc.solution(c, sc.track(1, ("a", 6, 15)))
+    refine(sol, sc.dets, P)
+    mv = Mover(sol, sc.dets, P)
+    moves = [m for g in GENERATORS["emerge"](mv) for m in g]
+    assert bool(moves) is hidden
+    if hidden:
+        best = min(moves, key=mv.delta)
+        assert mv.delta(best) < 0
+        mv.apply(best)
+        assert sol.tracks[1].start == 0
+
+
 def test_swap_restores_identities_after_an_encounter() -> None:
     p = [(f, 40.0 + 0.8 * f, 50.0, 1000.0) for f in range(N_FRAMES)]
     q = [(f, 52.0 - 0.8 * f, 53.0, 3000.0) for f in range(N_FRAMES)]

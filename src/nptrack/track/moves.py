@@ -170,6 +170,22 @@ def _touch_px(mv: Mover, d1: float, d2: float) -> float:
     return 0.5 * (d1 + d2) / mv.p.pixel_size_nm + 3.0 * np.sqrt(2.0) * mv.p.localisation_px + 0.5
 
 
+def _faint(mv: Mover, c: Track, lo: int, hi: int, u_a: float) -> bool:
+    """A's mass is not seen in C's blob over points [lo, hi): no evidence of a superposition.
+
+    As in the energy's superposition test, taking A's intensity out of the blob must change it
+    by more than one tolerance; a small particle next to a big one otherwise "hides" under it
+    on no evidence (and is then removed with its own detections).
+    """
+    det = c.det[lo:hi]
+    v = mv.dets.log_intensity[det[det >= 0]]
+    if not v.size:
+        return True
+    vm = float(np.median(v))
+    rest = np.log(max(np.exp(vm) - np.exp(u_a), 1e-300))
+    return vm - max(rest, u_a) < mv.p.intensity_tolerance
+
+
 def _fuse_group(mv: Mover, a: Track, parents: dict[int, int]) -> list[Move]:
     """Ways for track A to end by fusing into a neighbour (trimming up to two points)."""
     sol = mv.sol
@@ -524,7 +540,7 @@ def _cross_group(
                     ends.append((k, heads_l[j]))
         for k, nxt in ends[:4]:
             lo, hi = e + 1 - c.start, k - c.start + 1
-            if hi <= lo:
+            if hi <= lo or _faint(mv, c, lo, hi, float(a.u[-1])):
                 continue
             ia = np.exp(a.u[-1])
             own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
@@ -599,7 +615,7 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
                     starts.append((k, b))
             for k, prev in starts[:4]:
                 lo, hi = k - c.start, s0 - c.start
-                if hi <= lo:
+                if hi <= lo or _faint(mv, c, lo, hi, float(a.u[0])):
                     continue
                 ia = np.exp(a.u[0])
                 own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
