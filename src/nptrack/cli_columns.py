@@ -1,8 +1,8 @@
 """``nptrack columns``: atomic-column positions, occupancy (depth) and confidence.
 
 Registered on `nptrack.cli.main` by one import at the bottom of cli.py. Thin: read frames,
-run :class:`nptrack.segment.columns_infer.ColumnSegmenter`, find and track columns, write the
-tables and figures.
+run :class:`nptrack.segment.columns_infer.ColumnSegmenter`, find columns, count their atoms
+(:mod:`nptrack.segment.columns_count`) and track them, write the tables and figures.
 """
 
 from __future__ import annotations
@@ -131,6 +131,16 @@ def _series_outputs(rows: list[dict[str, Any]], n_frames: int, out: Path) -> int
 @click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="ONNX Runtime execution providers.")  # fmt: skip
 @click.option("--no-figures", is_flag=True, help="Tables only (no depth-map / overlay PNGs).")
+@click.option("--occupancy", "method", type=click.Choice(["combined", "count", "net"]),
+              default="combined", show_default=True,
+              help="combined: the network's class probabilities times statistical atom "
+              "counting of the raw intensities; count: counting alone; net: the network "
+              "alone (the counting columns are written either way).")  # fmt: skip
+@click.option("--pool-unit/--no-pool-unit", default=True, show_default=True,
+              help="On a series: one single-atom intensity for all frames (constant dose).",
+              )  # fmt: skip
+@click.option("--column-spacing-A", "spacing_A", type=float, default=None,
+              help="Smallest column spacing (Å) for counting; default: the model's.")  # fmt: skip
 @friendly
 def columns_command(
     images: tuple[Path, ...],
@@ -140,15 +150,26 @@ def columns_command(
     threads: int | None,
     providers: str,
     no_figures: bool,
+    method: str,
+    pool_unit: bool,
+    spacing_A: float | None,
 ) -> None:
     """Atomic columns of IMAGE files (images, stacks or folders; several frames = a series).
 
-    Writes OUT/columns.csv (image, frame, column_id, x, y in px, occupancy in atoms,
-    confidence = mean max-softmax probability), OUT/depth/*.png (occupancy map) and
-    OUT/overlay/*.png; on a series also OUT/occupancy_time.csv and .png (columns matched
-    across frames by nearest position) and OUT/summary.json.
+    Writes OUT/columns.csv (image, frame, column_id, x, y in px, occupancy in atoms and its
+    confidence as --occupancy says, occupancy_net, occupancy_count, intensity = integrated
+    column intensity above the support in image units × px), OUT/depth/*.png (occupancy
+    map) and OUT/overlay/*.png; on a series also OUT/occupancy_time.csv and .png (columns
+    matched across frames by nearest position); OUT/summary.json (with the single-atom
+    intensity of every frame).
     """
     from nptrack.io.read import read_series
+    from nptrack.segment.columns_count import (
+        assign_occupancy,
+        column_cells,
+        count_columns,
+        estimate_unit,
+    )
     from nptrack.segment.columns_infer import (
         ColumnSegmenter,
         default_min_area_px,
@@ -158,6 +179,8 @@ def columns_command(
 
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise UserError(f"--pixel-size-A must be positive, got {pixel_size_A}")
+    if spacing_A is not None and not spacing_A > 0:
+        raise UserError(f"--column-spacing-A must be positive, got {spacing_A}")
     seg = ColumnSegmenter.from_path(
         model_path or DEFAULT_MODEL, providers=providers, intra_op_threads=threads
     )
@@ -166,7 +189,10 @@ def columns_command(
     if not no_figures:
         (out_dir / "depth").mkdir(exist_ok=True)
         (out_dir / "overlay").mkdir(exist_ok=True)
-    per_frame: list[dict[str, np.ndarray]] = []
+    if spacing_A is None:
+        spacing_A = float(seg.metadata.get("column_spacing_A", 3.0))
+    per_frame: list[dict[str, Any]] = []
+    figures: list[tuple[Any, np.ndarray | None, str, str, dict[str, Any], float]] = []
     assumed = 0
     per_file: dict[str, int] = {}
     with click.progressbar(frames, label="columns", file=sys.stderr) as bar:
@@ -179,6 +205,16 @@ def columns_command(
                 px_A, assumed = seg.pixel_size_A, assumed + 1
             pred = seg.predict(fr.data, pixel_size_A=px_A)
             cols = find_columns(pred, min_area_px=default_min_area_px(seg.metadata, px_A))
+            cnt = count_columns(
+                fr.data, np.stack([cols["x"], cols["y"]], axis=1), pixel_size_A=px_A,
+                spacing_A=spacing_A, class_probability=cols["class_probability"],
+                method=method,  # type: ignore[arg-type]
+            )  # fmt: skip
+            cols["occupancy_net"] = cols["occupancy"]
+            for key in ("occupancy", "confidence", "occupancy_count", "intensity"):
+                cols[key] = cnt[key]
+            cols["intensity_sd"] = cnt["intensity_sd"]
+            cols["unit"] = {k: cnt[k] for k in ("unit", "prior_unit", "comb_z", "from_comb")}
             name = _name(fr.source)
             k = per_file.get(name, 0)
             per_file[name] = k + 1
@@ -188,16 +224,36 @@ def columns_command(
             per_frame.append(cols)
             if not no_figures:
                 stem = f"{name}_{k}" if k or "#" in fr.source else name
-                _figures(
-                    fr.data,
-                    pred.classes,
-                    cols,
-                    seg.n_classes,
-                    out_dir / "depth" / f"{stem}.png",
-                    out_dir / "overlay" / f"{stem}.png",
-                    f"{name} frame {fr.index}",
-                )
-    spacing_A = float(seg.metadata.get("column_spacing_A", 3.0))
+                classes = pred.classes if method == "net" else None
+                figures.append((fr, classes, stem, f"{name} frame {fr.index}", cols, px_A))
+    units = [c["unit"] for c in per_frame if len(c["x"])]
+    pooled = None
+    if pool_unit and method != "net" and len(units) > 1:
+        # Constant dose: one unit from the columns of all frames (a sharper comb).
+        pooled = estimate_unit(
+            np.concatenate([c["intensity"] for c in per_frame]),
+            prior_occupancy=np.concatenate([c["occupancy_net"] for c in per_frame]),
+        )
+        for cols in per_frame:
+            occ = assign_occupancy(
+                cols["intensity"], cols["intensity_sd"], pooled.unit,
+                class_probability=cols["class_probability"], method=method,  # type: ignore[arg-type]
+            )  # fmt: skip
+            for key in ("occupancy", "confidence", "occupancy_count"):
+                cols[key] = occ[key]
+    # Figures after the pooled unit is known (read_series holds the frames anyway).
+    for fr, classes, stem, title, cols, px_A in figures:
+        if classes is None:  # depth map from the counted occupancies: label-radius discs
+            r_px = float(seg.metadata.get("label_radius_A", 0.8)) / px_A
+            cells = column_cells(
+                np.stack([cols["x"], cols["y"]], axis=1), fr.data.shape, radius_px=r_px
+            )
+            lut = np.concatenate([[0], np.asarray(cols["occupancy"], int)])
+            classes = lut[cells]
+        _figures(
+            fr.data, classes, cols, seg.n_classes, out_dir / "depth" / f"{stem}.png",
+            out_dir / "overlay" / f"{stem}.png", title,
+        )  # fmt: skip
     px_mean = float(np.mean([c["pixel_size_A"][0] for c in per_frame if len(c["x"])] or [1.0]))
     ids = track_columns(per_frame, max_distance_px=0.5 * spacing_A / px_mean)
     rows: list[dict[str, Any]] = []
@@ -208,14 +264,19 @@ def columns_command(
                 "column_id": int(cid[i]), "x": float(cols["x"][i]), "y": float(cols["y"][i]),
                 "occupancy": int(cols["occupancy"][i]),
                 "confidence": float(cols["confidence"][i]),
+                "occupancy_net": int(cols["occupancy_net"][i]),
+                "occupancy_count": int(cols["occupancy_count"][i]),
+                "intensity": float(cols["intensity"][i]),
             })  # fmt: skip
     with open(out_dir / "columns.csv", "w", newline="") as fh:
-        keys = ["image", "frame", "column_id", "x", "y", "occupancy", "confidence"]
+        keys = ["image", "frame", "column_id", "x", "y", "occupancy", "confidence",
+                "occupancy_net", "occupancy_count", "intensity"]  # fmt: skip
         wr = csv.DictWriter(fh, fieldnames=keys)
         wr.writeheader()
         for r in rows:
             wr.writerow({**r, "x": f"{r['x']:.2f}", "y": f"{r['y']:.2f}",
-                         "confidence": f"{r['confidence']:.3f}"})  # fmt: skip
+                         "confidence": f"{r['confidence']:.3f}",
+                         "intensity": f"{r['intensity']:.6g}"})  # fmt: skip
     changed = _series_outputs(rows, len(frames), out_dir) if len(frames) > 1 else 0
     summary = {
         "frames": len(frames),
@@ -226,6 +287,24 @@ def columns_command(
         "model_version": seg.metadata.get("model_version"),
         "model_pixel_size_A": seg.pixel_size_A,
         "frames_without_pixel_size": assumed,
+        "occupancy_method": method,
+        "column_spacing_A": spacing_A,
+        "unit_per_frame": [
+            {
+                "unit": float(u["unit"]),
+                "prior_unit": float(u["prior_unit"]),
+                "comb_z": round(float(u["comb_z"]), 2),
+                "from_comb": bool(u["from_comb"]),
+            }
+            for u in units
+        ],
+        "unit_pooled": None
+        if pooled is None
+        else {
+            "unit": pooled.unit,
+            "comb_z": round(pooled.comb_z, 2),
+            "from_comb": pooled.from_comb,
+        },
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if assumed:

@@ -67,7 +67,10 @@ def test_columns_on_a_series(series: tuple, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     with open(out / "columns.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["image", "frame", "column_id", "x", "y", "occupancy", "confidence"]
+    assert list(rows[0]) == [
+        "image", "frame", "column_id", "x", "y", "occupancy", "confidence",
+        "occupancy_net", "occupancy_count", "intensity",
+    ]  # fmt: skip
     truth0 = seq.truth["frame"] == 0
     found0 = [r for r in rows if r["frame"] == "0"]
     assert abs(len(found0) - truth0.sum()) <= 0.1 * truth0.sum()
@@ -86,6 +89,39 @@ def test_columns_on_a_series(series: tuple, tmp_path: Path) -> None:
     assert (out / "occupancy_time.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["columns"] == len(rows)
+    assert summary["occupancy_method"] == "combined" and len(summary["unit_per_frame"]) == 3
+    # Counting on these noise-free frames: the default occupancy is mostly exact, better
+    # than the tiny network's alone.
+    exact = {}
+    for key in ("occupancy", "occupancy_net", "occupancy_count"):
+        exact[key] = _exact_share(found0, seq, key)
+    assert exact["occupancy"] >= 0.8 and exact["occupancy"] >= exact["occupancy_net"]
+
+
+def _exact_share(rows: list[dict], seq, key: str) -> float:
+    from nptrack.segment.columns_infer import match_columns
+
+    t = seq.truth["frame"] == 0
+    txy = np.stack([seq.truth["x"][t], seq.truth["y"][t]], 1)
+    pxy = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    ip, it = match_columns(pxy, txy, max_distance_px=3.0)
+    occ = np.array([int(r[key]) for r in rows])[ip]
+    return float(np.mean(occ == np.minimum(seq.truth["occupancy"][t][it], 8)))
+
+
+def test_columns_occupancy_net_option(series: tuple, tmp_path: Path) -> None:
+    model_path, stack, _ = series
+    out = tmp_path / "net"
+    res = CliRunner().invoke(
+        main,
+        ["columns", str(stack), "--out", str(out), "--model", str(model_path),
+         "--pixel-size-A", "0.3", "--occupancy", "net", "--no-figures"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with open(out / "columns.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(r["occupancy"] == r["occupancy_net"] for r in rows)
+    assert json.loads((out / "summary.json").read_text())["unit_pooled"] is None
 
 
 def test_columns_errors_are_one_line(series: tuple, tmp_path: Path) -> None:
@@ -98,6 +134,7 @@ def test_columns_errors_are_one_line(series: tuple, tmp_path: Path) -> None:
         [str(bad), "--model", str(model_path)],
         [str(stack), "--model", str(tmp_path / "none.onnx")],
         [str(stack), "--model", str(model_path), "--pixel-size-A", "-1"],
+        [str(stack), "--model", str(model_path), "--column-spacing-A", "0"],
     ):
         res = runner.invoke(main, ["columns", *args, "--out", str(tmp_path / "o")])
         assert res.exit_code == 1, res.output

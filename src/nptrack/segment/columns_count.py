@@ -41,6 +41,7 @@ from scipy.sparse.linalg import spsolve
 
 __all__ = [
     "UnitFit",
+    "assign_occupancy",
     "column_cells",
     "count_columns",
     "estimate_unit",
@@ -311,6 +312,7 @@ def count_columns(
     basis_sigma_A: float = 0.25,
     knot_A: float = 5.0,
     min_z: float = 3.0,
+    unit: float | None = None,
 ) -> dict[str, np.ndarray | float | bool]:
     """Occupancy of every column by statistical atom counting (see the module docstring).
 
@@ -343,6 +345,8 @@ def count_columns(
         chosen on the same tuning frames (probe FWHM 0.6–1.0 Å).
     min_z : float
         See :func:`estimate_unit`.
+    unit : float, optional
+        Use this single-atom intensity as it is (e.g. pooled over a series); no estimate.
 
     Returns
     -------
@@ -366,41 +370,59 @@ def count_columns(
         image, xy, sigma_px=basis_sigma_A / pixel_size_A, spacing_px=spacing_A / pixel_size_A,
         knot_px=knot_A / pixel_size_A,
     )  # fmt: skip
-    i_col, sd = fit["intensity"], fit["intensity_sd"]
-    if m:
-        unit = estimate_unit(
+    i_col = fit["intensity"]
+    if unit is not None:
+        fitted = UnitFit(float(unit), float(unit), 0.0, False)
+    elif m:
+        fitted = estimate_unit(
             i_col, prior_occupancy=prior_occupancy, prior_unit=prior_unit, min_z=min_z
         )
     else:
-        unit = UnitFit(float("nan"), float("nan"), 0.0, False)
-    ratio = i_col / unit.unit if m else i_col
+        fitted = UnitFit(float("nan"), float("nan"), 0.0, False)
+    occ = assign_occupancy(
+        i_col, fit["intensity_sd"], fitted.unit, class_probability=probs, method=method,
+        sd_scale=sd_scale,
+    )  # fmt: skip
+    return {**fit, **occ, "unit": fitted.unit, "prior_unit": fitted.prior_unit,
+            "comb_z": fitted.comb_z, "from_comb": fitted.from_comb}  # fmt: skip
+
+
+def assign_occupancy(
+    intensity: np.ndarray,
+    intensity_sd: np.ndarray,
+    unit: float,
+    *,
+    class_probability: np.ndarray | None = None,
+    method: Method = "combined",
+    sd_scale: float = 3.0,
+) -> dict[str, np.ndarray]:
+    """Occupancies from integrated intensities and a unit (see :func:`count_columns`).
+
+    Returns ``occupancy_count``, ``count_confidence``, ``occupancy`` and ``confidence``
+    (shape (M,) each).
+    """
+    i_col = np.asarray(intensity, np.float64)
+    m = len(i_col)
+    ratio = i_col / unit if m else i_col
     occ_count = np.maximum(np.round(ratio), 1).astype(int)
     conf_count = np.clip(1 - 2 * np.abs(ratio - occ_count), 0, 1)
-    out: dict[str, np.ndarray | float | bool] = {
-        **fit,
-        "occupancy_count": occ_count,
-        "count_confidence": conf_count,
-        "unit": unit.unit,
-        "prior_unit": unit.prior_unit,
-        "comb_z": unit.comb_z,
-        "from_comb": unit.from_comb,
-    }
+    out = {"occupancy_count": occ_count, "count_confidence": conf_count}
+    probs = class_probability
     if method == "count":
-        out["occupancy"], out["confidence"] = occ_count, conf_count
-    elif probs is None:
-        raise ValueError(f'method="{method}" needs class_probability')
-    elif method == "net":
-        out["occupancy"] = probs.argmax(axis=1) + 1 if m else np.zeros(0, int)
-        out["confidence"] = probs.max(axis=1) if m else np.zeros(0)
-    elif method == "combined":
-        k = np.arange(1, probs.shape[1] + 1)
-        s = np.maximum(sd_scale * sd, 1e-12 * abs(unit.unit))[:, None]
-        logp = np.log(np.maximum(probs, 1e-6)) - (i_col[:, None] - k * unit.unit) ** 2 / (2 * s**2)
-        logp -= logp.max(axis=1, keepdims=True) if m else 0
-        post = np.exp(logp)
-        post /= post.sum(axis=1, keepdims=True) if m else 1
-        out["occupancy"] = k[post.argmax(axis=1)] if m else np.zeros(0, int)
-        out["confidence"] = post.max(axis=1) if m else np.zeros(0)
-    else:
+        return {**out, "occupancy": occ_count, "confidence": conf_count}
+    if method not in ("net", "combined"):
         raise ValueError(f"unknown method {method!r}; use combined, count or net")
-    return out
+    if probs is None:
+        raise ValueError(f'method="{method}" needs class_probability')
+    if m == 0:
+        return {**out, "occupancy": np.zeros(0, int), "confidence": np.zeros(0)}
+    probs = np.asarray(probs, np.float64)
+    if method == "net":
+        return {**out, "occupancy": probs.argmax(axis=1) + 1, "confidence": probs.max(axis=1)}
+    k = np.arange(1, probs.shape[1] + 1)
+    s = np.maximum(sd_scale * np.asarray(intensity_sd, np.float64), 1e-12 * abs(unit))[:, None]
+    # Posterior over k: the network's belief times the Gaussian counting likelihood.
+    logp = np.log(np.maximum(probs, 1e-6)) - (i_col[:, None] - k * unit) ** 2 / (2 * s**2)
+    post = np.exp(logp - logp.max(axis=1, keepdims=True))
+    post /= post.sum(axis=1, keepdims=True)
+    return {**out, "occupancy": k[post.argmax(axis=1)], "confidence": post.max(axis=1)}
