@@ -136,14 +136,16 @@ def fit_columns(
         ``intensity`` (M,): ``I_j`` (image units × px); ``intensity_sd`` (M,): its standard
         error from the residual variance in the column's cell (an underestimate by ~1.5 on
         simulated frames: the support grains are not white noise); ``background`` (M,): the
-        support field at each column (image units).
+        support field at each column (image units); ``column_sigma_px`` (M,): the frame's
+        mean column width (Gaussian sd, px) that sets the integral's width correction.
     """
     img = np.asarray(image, np.float64)
     h, w = img.shape
     xy = np.asarray(xy_px, float).reshape(-1, 2)
     m = len(xy)
     if m == 0:
-        return {k: np.zeros(0) for k in ("intensity", "intensity_sd", "background")}
+        keys = ("intensity", "intensity_sd", "background", "column_sigma_px")
+        return {k: np.zeros(0) for k in keys}
     cells = column_cells(xy, img.shape, radius_px=reach * spacing_px)
     pix = np.flatnonzero(cells)
     rank = np.full(h * w, -1)
@@ -183,7 +185,21 @@ def fit_columns(
     sol = spsolve(ata, a.T @ y)
     coef = np.zeros(int(used.max()) + 1)
     coef[used] = sol
-    intensity = (coef[0 : 4 * m : 4] + coef[1 : 4 * m : 4]) * 2 * np.pi * sigma_px**2
+    ca, cb = coef[0 : 4 * m : 4], coef[1 : 4 * m : 4]
+    lone = np.stack([b.ravel() for b in _basis(dx, dy, sigma_px)] + [np.ones(dx.size)], 1)
+    proj = np.linalg.pinv(lone.T @ lone) @ lone.T
+    # The width term is first order in σ²: for columns much wider than the basis a + b
+    # falls short of the integral. Correct with the frame's mean width: the sd at which a
+    # lone Gaussian projects to the same b / a has integral ``gain × 2πσ²(a + b)``.
+    s_t = sigma_px * np.linspace(0.6, 3.0, 121)
+    ab = np.array([proj[:2] @ np.exp(-(dx**2 + dy**2).ravel() / (2 * s**2)) for s in s_t])
+    rho = ab[:, 1] / ab[:, 0]
+    gain_t = s_t**2 / (sigma_px**2 * ab.sum(axis=1))
+    order = np.argsort(rho)
+    rho_frame = float(np.sum(cb) / np.sum(ca)) if np.sum(ca) > 0 else 0.0
+    gain = float(np.interp(rho_frame, rho[order], gain_t[order]))
+    width_px = float(np.interp(rho_frame, rho[order], s_t[order]))
+    intensity = gain * (ca + cb) * 2 * np.pi * sigma_px**2
     # Standard error: residual variance of the cell times the squared weights of a lone
     # column's estimator (its 4 functions and a constant background).
     lab = cells.ravel()[pix] - 1
@@ -191,9 +207,8 @@ def fit_columns(
     var = np.bincount(lab, weights=resid2, minlength=m) / np.maximum(
         np.bincount(lab, minlength=m), 1
     )
-    lone = np.stack([b.ravel() for b in _basis(dx, dy, sigma_px)] + [np.ones(dx.size)], 1)
-    wts = lone @ np.linalg.pinv(lone.T @ lone) @ np.array([1.0, 1.0, 0.0, 0.0, 0.0])
-    sd = np.sqrt(var * np.sum(wts**2)) * 2 * np.pi * sigma_px**2
+    wts = proj.T @ np.array([1.0, 1.0, 0.0, 0.0, 0.0])
+    sd = gain * np.sqrt(var * np.sum(wts**2)) * 2 * np.pi * sigma_px**2
     # Support field at the column centres (bilinear, same knots).
     cx = np.maximum(xy[:, 0] - px.min(), 0) / knot_px
     cy = np.maximum(xy[:, 1] - py.min(), 0) / knot_px
@@ -204,7 +219,12 @@ def fit_columns(
                        (0, 1, (1 - fcx) * fcy), (1, 1, fcx * fcy)):  # fmt: skip
         idx = 4 * m + (kcy + oy) * nkx + kcx + ox
         bg += wt * coef[np.clip(idx, 0, len(coef) - 1)] * (idx < len(coef))
-    return {"intensity": intensity, "intensity_sd": sd, "background": bg}
+    return {
+        "intensity": intensity,
+        "intensity_sd": sd,
+        "background": bg,
+        "column_sigma_px": np.full(m, width_px),
+    }
 
 
 @dataclass
