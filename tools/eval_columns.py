@@ -19,7 +19,8 @@ network's (``net_*``), statistical counting ``round(I / u)`` (``count_*``) and t
 (``combined_*``); ``count_true_unit_*`` counts with the unit a least-squares fit to the true
 occupancies gives (what a perfect unit estimate would reach). ``unit_within_2pct``: share of
 frames whose estimated unit is within 2 % of that fit. Timing adds ``count_columns`` on the
-1024² frame.
+1024² frame. ``--series N``: N simulated series per SNR (a particle whose surface atoms come
+and go), occupancy with the unit of each frame vs one unit pooled over the series.
 
 ``oracle_*``: the occupancy a maximum-likelihood counter gets that knows every column's
 position, the support and the exact spot of one atom (Poisson likelihood of the pixels within
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nptrack.segment.columns_count import count_columns
+from nptrack.segment.columns_count import assign_occupancy, count_columns, estimate_unit
 from nptrack.segment.columns_infer import (
     ColumnSegmenter,
     default_min_area_px,
@@ -45,7 +46,12 @@ from nptrack.segment.columns_infer import (
 )
 from nptrack.segment.data import column_sample
 from nptrack.segment.train import load_train_config
-from nptrack.simulate.columns import CRYSTALS, column_spacing_A
+from nptrack.simulate.columns import (
+    CRYSTALS,
+    ColumnSimConfig,
+    column_spacing_A,
+    simulate_column_sequence,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,6 +194,90 @@ def timing(seg: ColumnSegmenter, cfg, size: int, seed: int) -> dict:
     }
 
 
+def _series_config(cfg, rng: np.random.Generator, snr: float | None) -> ColumnSimConfig:
+    """One scene drawn from the training ranges (as ``column_sample``), for a series."""
+
+    def u(r: tuple[float, float]) -> float:
+        return float(rng.uniform(r[0], r[1]))
+
+    n, t = cfg.tile_px, cfg.tilt_deg
+    centre = rng.uniform(0.3, 0.7, 2) * n
+    return ColumnSimConfig(
+        crystal=str(rng.choice(cfg.crystals)), shape_px=(n, n),
+        pixel_size_A=cfg.pixel_size_A * u(cfg.pixel_size_range), diameter_A=u(cfg.diameter_A),
+        d100_ratio=u(cfg.d100_ratio), truncation=u(cfg.truncation),
+        facet_jitter=u(cfg.facet_jitter), center_px=(float(centre[0]), float(centre[1])),
+        rotation_deg=float(rng.uniform(0, 360)),
+        tilt_deg=(float(rng.uniform(-t, t)), float(rng.uniform(-t, t))),
+        vacancy_fraction=u(cfg.vacancy_fraction), alpha=u(cfg.alpha),
+        probe_fwhm_A=u(cfg.probe_fwhm_A), defocus_blur_A=u(cfg.defocus_blur_A),
+        support_level=u(cfg.support_level), support_variation=u(cfg.support_variation),
+        snr=snr, n_classes=cfg.n_classes,
+    )  # fmt: skip
+
+
+def evaluate_series(
+    seg: ColumnSegmenter, cfg, snr: float | None, n: int, frames: int, seed: int, min_area_px: int
+) -> dict:
+    """Per-frame vs pooled single-atom unit on simulated series (``nptrack columns`` pools).
+
+    Each series: one particle, surface atoms leaving / arriving (3 events per frame), drift
+    0.3 px per frame, constant dose; occupancy scored on matched columns as above.
+    """
+    rng = np.random.default_rng([seed, 7, int(1000 * (snr or 0))])
+    k = seg.n_classes
+    errs: dict[str, list[np.ndarray]] = {}
+    for _ in range(n):
+        sim = _series_config(cfg, rng, snr)
+        seq = simulate_column_sequence(sim, frames=frames, events_per_frame=3.0, rng=rng)
+        spacing = column_spacing_A(CRYSTALS[sim.crystal])
+        fits, matches = [], []
+        for im in seq.frames:
+            pred = find_columns(
+                seg.predict(im.image, pixel_size_A=im.pixel_size_A), min_area_px=min_area_px
+            )
+            cnt = count_columns(
+                im.image, np.stack([pred["x"], pred["y"]], axis=1),
+                pixel_size_A=im.pixel_size_A, spacing_A=spacing,
+                class_probability=pred["class_probability"],
+            )  # fmt: skip
+            t_ok = _inside(im.columns["x"], im.columns["y"], im.image.shape, 2)
+            p_ok = _inside(pred["x"], pred["y"], im.image.shape, 2)
+            txy = np.stack([im.columns["x"], im.columns["y"]], axis=1)[t_ok]
+            pxy = np.stack([pred["x"], pred["y"]], axis=1)[p_ok]
+            ip, it = match_columns(pxy, txy, max_distance_px=0.5 * spacing / im.pixel_size_A)
+            sel = np.flatnonzero(p_ok)[ip]
+            fits.append((pred, cnt))
+            matches.append((sel, np.minimum(im.columns["occupancy"][t_ok][it], k)))
+        if not any(len(p["x"]) for p, _ in fits):
+            continue
+        pooled = estimate_unit(
+            np.concatenate([np.asarray(c["intensity"]) for _, c in fits]),
+            prior_occupancy=np.concatenate([p["occupancy"] for p, _ in fits]),
+        )
+        for (pred, cnt), (sel, t) in zip(fits, matches, strict=True):
+            if len(pred["x"]) == 0:
+                continue
+            pool = assign_occupancy(
+                cnt["intensity"], cnt["intensity_sd"], pooled.unit,
+                class_probability=pred["class_probability"],
+            )  # fmt: skip
+            occ = {
+                "net": pred["occupancy"], "count_frame": cnt["occupancy_count"],
+                "combined_frame": cnt["occupancy"], "count_pooled": pool["occupancy_count"],
+                "combined_pooled": pool["occupancy"],
+            }  # fmt: skip
+            for m, o in occ.items():
+                errs.setdefault(m, []).append(np.minimum(np.asarray(o)[sel], k) - t)
+    out: dict[str, object] = {"snr": snr, "series": n, "frames": frames}
+    for m, v in errs.items():
+        d = np.concatenate(v)
+        out[f"{m}_exact"] = round(float(np.mean(d == 0)), 4)
+        out[f"{m}_within1"] = round(float(np.mean(np.abs(d) <= 1)), 4)
+    out["columns"] = int(sum(len(v) for v in errs.get("net", [])))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(REPO / "models" / "nptrack-columns-v1.onnx"))
@@ -202,6 +292,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--min-area-px", type=int, default=None, help="default: as nptrack columns")
     ap.add_argument("--crystal", default=None, help="score this simulate.columns.CRYSTALS key")
+    ap.add_argument("--series", type=int, default=0, help="also score N series per SNR")
+    ap.add_argument("--series-frames", type=int, default=6)
     args = ap.parse_args()
     seg = ColumnSegmenter.from_path(args.model, providers="cpu", intra_op_threads=args.threads)
     update: dict = {"tile_px": args.size, "empty_fraction": 0.0}
@@ -221,6 +313,11 @@ def main() -> None:
         "crystals": cfg.crystals,
         "results": [evaluate(seg, cfg, s, args.frames, args.seed, min_area) for s in snrs],
     }
+    if args.series:
+        report["series"] = [
+            evaluate_series(seg, cfg, s, args.series, args.series_frames, args.seed, min_area)
+            for s in snrs
+        ]
     if args.time_size:
         report["timing"] = {"threads": args.threads, **timing(seg, cfg, args.time_size, args.seed)}
     text = json.dumps(report, indent=2)
