@@ -135,6 +135,26 @@ def test_superposed_pair_gradient_and_shared_gain() -> None:
     assert pk2.energy()[3]["exclusion"] > 0.5
 
 
+def test_superposed_pair_is_pinned_by_its_mass_weighted_centre() -> None:
+    """The blob's centroid is the pair's mass-weighted centre: each keeps its own place."""
+    dets = Detections.from_arrays(
+        [0], [10.0], [10.0], diameter_nm=[3.0], intensity=[3000.0], pixel_size_nm=0.5
+    )
+    p = _only("detection", contact_factor=1.0)
+
+    def det_energy(xa: float, xb: float) -> float:
+        a = Track(0, 0, np.array([[xa, 10.0]]), np.log([1000.0]), np.array([0]))
+        b = Track(1, 0, np.array([[xb, 10.0]]), np.log([2000.0]), np.array([0]))
+        pk = pack([a, b], dets, p)
+        assert (pk.partner >= 0).all()
+        return pk.energy()[3]["detection"]
+
+    # centre (1000·8 + 2000·11) / 3000 = 10 on the blob: as good as both sitting on it
+    assert det_energy(8.0, 11.0) == pytest.approx(det_energy(10.0, 10.0), abs=1e-9)
+    # heavier one off the blob: the centre (1000·9 + 2000·11.5) / 3000 = 10.67 is off too
+    assert det_energy(9.0, 11.5) > det_energy(10.0, 10.0) + 0.1
+
+
 def test_terms_sum_and_local_energy_is_additive() -> None:
     tracks, dets, fusions = _problem()
     p = _params()

@@ -346,6 +346,7 @@ class Packed:
     det_p: NDArray[np.int64]  # E_det instances: point, detection row
     det_g: NDArray[np.int64]
     partner: NDArray[np.int64]  # superposed partner of each point or −1
+    sup_w: NDArray[np.float64]  # its share of the pair's mass (fixed during a CG run)
     n_lambda: int  # points whose λ is counted
     steps: NDArray[np.int64]  # (S, 2) consecutive points of focus tracks
     step_k: NDArray[np.float64]  # 1 / (2σ²) per step
@@ -386,13 +387,17 @@ class Packed:
         if w and self.det_p.size:
             q = self.partner
             has = q >= 0
-            ut, dut = u, np.ones_like(u)
+            ut, dut, xt = u, np.ones_like(u), xy
             if has.any():  # superposed: the blob holds the mass of both
                 ut = u.copy()
                 ut[has] = np.logaddexp(u[has], u[q[has]])
                 dut[has] = np.exp(u[has] - ut[has])
+                # ... and its centroid is their mass-weighted centre, not each one's position
+                xt = xy.copy()
+                sw = self.sup_w[has, None]
+                xt[has] = sw * xy[has] + (1.0 - sw) * xy[q[has]]
             dp, dg = self.det_p, self.det_g
-            dx = xy[dp] - self.dets.xy[dg]
+            dx = xt[dp] - self.dets.xy[dg]
             du = ut[dp] - self.dets.log_intensity[dg]
             s2, e2 = p.detection_scale_px**2, p.intensity_tolerance**2
             den = 1.0 + (dx * dx).sum(1) / s2 + du * du / e2
@@ -401,7 +406,14 @@ class Packed:
             terms["detection"] -= w * float((c / den).sum())
             if grad:
                 k = w * c / den**2
-                add(gxy, dp, (2.0 * k / s2)[:, None] * dx)
+                gx = (2.0 * k / s2)[:, None] * dx
+                if has.any():
+                    hp = has[dp]
+                    sw = self.sup_w[dp][:, None]
+                    add(gxy, dp, np.where(hp[:, None], sw * gx, gx))
+                    add(gxy, q[dp[hp]], (1.0 - sw[hp]) * gx[hp])
+                else:
+                    add(gxy, dp, gx)
                 gut = np.bincount(dp, 2.0 * k * du / e2, minlength=u.size)
                 gu += gut * dut
                 if has.any():
@@ -819,7 +831,9 @@ def pack(
             fusing = np.isin(pa, fus_parent) & np.isin(pb, fus_parent)
             keep &= ~fusing
             pairs, r, d2 = pairs[keep], r[keep], d2[keep]
-            sup = _superposition(xy, u, pairs, dets, t, params) & (d2 < r * r)
+            # superposed pairs may sit apart by up to the candidate range (their blob pins only
+            # their mass-weighted centre), so that they stay a pair from one pack to the next
+            sup = _superposition(xy, u, pairs, dets, t, params)
             for i in np.argsort(d2):
                 if sup[i]:
                     x1, x2 = pairs[i]
@@ -832,6 +846,8 @@ def pack(
     # detection instances for focus points and their superposed partners
     counted = focus_pt.copy()
     has = partner >= 0
+    sup_w = np.ones(P)
+    sup_w[has] = 1.0 / (1.0 + np.exp(u[partner[has]] - u[has]))
     counted[has] |= focus_pt[partner[has]]
     cp = np.flatnonzero(counted)
     if cp.size and len(dets):
@@ -855,6 +871,7 @@ def pack(
         det_p=det_p,
         det_g=det_g,
         partner=partner,
+        sup_w=sup_w,
         n_lambda=int(focus_pt.sum()),
         steps=steps,
         step_k=step_k,
