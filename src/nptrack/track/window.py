@@ -195,6 +195,8 @@ class OnlineTracker:
                 continue  # a fusion judged over three frames already
             if tr.end in (t - 1, free):  # just stopped, or last chance before commit:
                 act.add(tid)  # merge, fuse, cross, grow, shrink or remove it
+            elif tr.start > free and tr.n == 3:  # just long enough: was it under a blob?
+                act.add(tid)
             elif tr.n >= 2 and tr.start < t:
                 cand.append(tr)
         if cand:  # a jump at the newest step
