@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import sparse
-from scipy.sparse.linalg import spsolve
+from scipy import ndimage, sparse
 
 __all__ = [
     "UnitFit",
@@ -71,21 +70,71 @@ def column_cells(xy_px: np.ndarray, shape: tuple[int, int], *, radius_px: float)
     xy = np.asarray(xy_px, float).reshape(-1, 2)
     if len(xy) == 0:
         return cells
-    r = int(np.ceil(radius_px))
-    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
-    ix = np.round(xy[:, 0]).astype(int)[:, None] + dx.ravel()[None]
-    iy = np.round(xy[:, 1]).astype(int)[:, None] + dy.ravel()[None]
-    d2 = (ix - xy[:, :1]) ** 2 + (iy - xy[:, 1:]) ** 2
-    owner = np.broadcast_to(np.arange(len(xy))[:, None], d2.shape)
-    ok = (d2 <= radius_px**2) & (ix >= 0) & (iy >= 0) & (ix < w) & (iy < h)
-    pix, d2, owner = (iy * w + ix)[ok], d2[ok], owner[ok]
-    # Nearest column per pixel: sort by distance, keep each pixel's first entry.
-    order = np.lexsort((d2, pix))
-    pix, owner = pix[order], owner[order]
-    first = np.ones(len(pix), bool)
-    first[1:] = pix[1:] != pix[:-1]
-    cells.ravel()[pix[first]] = owner[first] + 1
+    # Nearest column by the distance transform of the columns' pixels (O(frame), whatever
+    # the number of columns); a boundary pixel may go to the neighbour when two centres
+    # round unevenly, which moves only the faint tails between columns.
+    ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
+    iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
+    seeds = np.zeros(shape, np.int32)
+    seeds[iy, ix] = np.arange(1, len(xy) + 1)
+    near_y, near_x = ndimage.distance_transform_edt(
+        seeds == 0, return_distances=False, return_indices=True
+    )
+    owner = seeds[near_y, near_x] - 1
+    yy, xx = np.indices(shape)
+    d2 = (xx - xy[owner, 0]) ** 2 + (yy - xy[owner, 1]) ** 2
+    cells[d2 <= radius_px**2] = owner[d2 <= radius_px**2] + 1
     return cells
+
+
+def _solve_normal(
+    a: sparse.csr_matrix, y: np.ndarray, basis: tuple[np.ndarray, ...], ok: np.ndarray, m: int
+) -> np.ndarray:
+    """Least squares ``min |a x - y|`` by conjugate gradients on the normal equations.
+
+    A direct sparse solve fills in badly once the support knots couple thousands of columns
+    (4 s for 3,700 columns); CG preconditioned by each column's own 4 × 4 block (exact when
+    the column windows do not overlap) and the knots' diagonal converges in tens of steps.
+    """
+    ata = (a.T @ a).tocsr()
+    rhs = a.T @ y
+    n = ata.shape[0]
+    ridge = 1e-9 * float(ata.diagonal().mean())  # columns whose window leaves the frame
+    blocks = np.zeros((m, 4, 4))
+    j = np.broadcast_to(np.arange(m)[:, None], ok.shape)[ok]
+    for t in range(4):
+        for u in range(t, 4):
+            blocks[:, t, u] = blocks[:, u, t] = np.bincount(
+                j, weights=basis[t][ok] * basis[u][ok], minlength=m
+            )
+    inv = np.linalg.inv(blocks + ridge * np.eye(4))
+    knot_diag = np.maximum(ata.diagonal()[4 * m :], ridge)
+
+    def precondition(r: np.ndarray) -> np.ndarray:
+        out = np.empty_like(r)
+        out[: 4 * m] = np.einsum("mij,mj->mi", inv, r[: 4 * m].reshape(m, 4)).ravel()
+        out[4 * m :] = r[4 * m :] / knot_diag
+        return out
+
+    # Plain PCG: vector products as ``(a * b).sum()`` — BLAS ``dot`` on these short vectors
+    # costs ~20× more when its threads compete with other work on the machine.
+    sol = np.zeros(n)
+    r = rhs.astype(np.float64, copy=True)
+    z = precondition(r)
+    p = z.copy()
+    rz = float((r * z).sum())
+    stop = 1e-14 * float((rhs * rhs).sum())  # |r| < 1e-7 |rhs|: < 1e-3 atom, also on offsets
+    for _ in range(1000):
+        if float((r * r).sum()) <= stop:
+            break
+        q = ata @ p + ridge * p
+        alpha = rz / float((p * q).sum())
+        sol += alpha * p
+        r -= alpha * q
+        z = precondition(r)
+        rz, rz_old = float((r * z).sum()), rz
+        p = z + (rz / rz_old) * p
+    return sol
 
 
 def _basis(ux: np.ndarray, uy: np.ndarray, sigma_px: float) -> tuple[np.ndarray, ...]:
@@ -174,15 +223,17 @@ def fit_columns(
         cols.append(4 * m + (ky + oy) * nkx + kx + ox)
         vals.append(wt)
     cols_all = np.concatenate(cols)
-    used, cols_all = np.unique(cols_all, return_inverse=True)  # drop knots no pixel touches
+    # Keep every column's 4 parameters, drop knots no pixel touches.
+    used = np.flatnonzero(np.bincount(cols_all) > 0)
+    used = np.union1d(np.arange(4 * m), used)
+    remap = np.zeros(int(used.max()) + 1, int)
+    remap[used] = np.arange(len(used))
     a = sparse.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), cols_all)), shape=(len(pix), len(used))
+        (np.concatenate(vals), (np.concatenate(rows), remap[cols_all])),
+        shape=(len(pix), len(used)),
     )
     y = img.ravel()[pix]
-    ata = (a.T @ a).tocsc()
-    # A tiny ridge keeps columns whose functions fall outside the frame solvable.
-    ata = ata + sparse.identity(ata.shape[0], format="csc") * (1e-9 * ata.diagonal().mean())
-    sol = spsolve(ata, a.T @ y)
+    sol = _solve_normal(a, y, basis, ok, m)
     coef = np.zeros(int(used.max()) + 1)
     coef[used] = sol
     ca, cb = coef[0 : 4 * m : 4], coef[1 : 4 * m : 4]
