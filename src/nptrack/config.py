@@ -110,6 +110,19 @@ class MeasureConfig(_Stage):
         description="drop regions darker (bright particles) or brighter (dark particles) than "
         "their local background: pores and holes found by a two-contrast model",
     )
+    refine_band_px: int = Field(
+        0,
+        ge=0,
+        description="outlines move to each particle's edge level in the image (refine_level), "
+        "at most this far in or out (px); 0: off, the thresholded mask as it is",
+    )
+    refine_level: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="edge level between the local background (0) and the particle's core (1); "
+        "0.5 (half contrast) suits flat-topped particles, ~0.25 ones thinning to their rim",
+    )
     classic_threshold: Literal["otsu", "li"] = "otsu"
     classic_smooth_px: float = Field(2.0, ge=0, description="denoising before the threshold")
 
