@@ -88,7 +88,11 @@ def evaluate(
     n: int,
     seed: int,
     min_area_px: int,
+    prior_sd: float | None = None,
 ) -> dict:
+    """Score one SNR (None: no noise). `prior_sd`: skip the network, count at the true
+    column positions with a prior ``round(true × exp(N(0, prior_sd)))`` (one factor per
+    frame, like the network's scale error); ``net`` is then that prior."""
     rng = np.random.default_rng([seed, int(1000 * (snr or 0))])
     k = seg.n_classes
     tp = fp = fn = o_exact = o_within1 = o_n = 0
@@ -98,9 +102,16 @@ def evaluate(
     spacing = min(column_spacing_A(CRYSTALS[c]) for c in cfg.crystals)
     for _ in range(n):
         im = column_sample(cfg, rng=rng, snr=snr)
-        pred = find_columns(
-            seg.predict(im.image, pixel_size_A=im.pixel_size_A), min_area_px=min_area_px
-        )
+        if prior_sd is None:
+            pred = find_columns(
+                seg.predict(im.image, pixel_size_A=im.pixel_size_A), min_area_px=min_area_px
+            )
+        else:
+            scale = np.exp(prior_sd * rng.standard_normal())
+            prior = np.maximum(np.round(im.columns["occupancy"] * scale), 1).astype(int)
+            onehot = np.eye(k)[np.minimum(prior, k) - 1]
+            pred = {"x": im.columns["x"], "y": im.columns["y"], "occupancy": prior,
+                    "class_probability": onehot}  # fmt: skip
         t_ok = _inside(im.columns["x"], im.columns["y"], im.image.shape, 2)
         if snr is not None:
             sig = np.hypot(0.8 / 2.3548, 0.15) / im.pixel_size_A  # mid-range probe
@@ -122,6 +133,7 @@ def evaluate(
         cnt = count_columns(
             im.image, np.stack([pred["x"], pred["y"]], axis=1), pixel_size_A=im.pixel_size_A,
             spacing_A=spacing, class_probability=pred["class_probability"],
+            prior_occupancy=pred["occupancy"],
         )  # fmt: skip
         sel = np.flatnonzero(p_ok)[ip]
         t = t_occ[it].astype(int)
@@ -292,6 +304,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--min-area-px", type=int, default=None, help="default: as nptrack columns")
     ap.add_argument("--crystal", default=None, help="score this simulate.columns.CRYSTALS key")
+    ap.add_argument("--true-positions", type=float, default=None, metavar="PRIOR_SD",
+                    help="no network: count at true positions; prior scale error sd")  # fmt: skip
     ap.add_argument("--series", type=int, default=0, help="also score N series per SNR")
     ap.add_argument("--series-frames", type=int, default=6)
     args = ap.parse_args()
@@ -311,7 +325,11 @@ def main() -> None:
         "frame_px": args.size,
         "min_area_px": min_area,
         "crystals": cfg.crystals,
-        "results": [evaluate(seg, cfg, s, args.frames, args.seed, min_area) for s in snrs],
+        "true_positions_prior_sd": args.true_positions,
+        "results": [
+            evaluate(seg, cfg, s, args.frames, args.seed, min_area, args.true_positions)
+            for s in snrs
+        ],
     }
     if args.series:
         report["series"] = [

@@ -136,9 +136,9 @@ def _series_outputs(rows: list[dict[str, Any]], n_frames: int, out: Path) -> int
               help="combined: the network's class probabilities times statistical atom "
               "counting of the raw intensities; count: counting alone; net: the network "
               "alone (the counting columns are written either way).")  # fmt: skip
-@click.option("--pool-unit/--no-pool-unit", default=True, show_default=True,
-              help="On a series: one single-atom intensity for all frames (constant dose).",
-              )  # fmt: skip
+@click.option("--pool-unit/--no-pool-unit", default=False, show_default=True,
+              help="On a series: one single-atom intensity for all frames (constant dose; "
+              "no better than per frame on simulated series).")  # fmt: skip
 @click.option("--column-spacing-A", "spacing_A", type=float, default=None,
               help="Smallest column spacing (Å) for counting; default: the model's.")  # fmt: skip
 @friendly

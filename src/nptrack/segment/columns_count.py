@@ -75,15 +75,20 @@ def column_cells(xy_px: np.ndarray, shape: tuple[int, int], *, radius_px: float)
     # round unevenly, which moves only the faint tails between columns.
     ix = np.clip(np.round(xy[:, 0]).astype(int), 0, w - 1)
     iy = np.clip(np.round(xy[:, 1]).astype(int), 0, h - 1)
-    seeds = np.zeros(shape, np.int32)
-    seeds[iy, ix] = np.arange(1, len(xy) + 1)
+    # Only the bounding box of the columns (one particle in a big frame costs little).
+    r = int(np.ceil(radius_px)) + 1
+    x0, x1 = max(int(ix.min()) - r, 0), min(int(ix.max()) + r + 1, w)
+    y0, y1 = max(int(iy.min()) - r, 0), min(int(iy.max()) + r + 1, h)
+    seeds = np.zeros((y1 - y0, x1 - x0), np.int32)
+    seeds[iy - y0, ix - x0] = np.arange(1, len(xy) + 1)
     near_y, near_x = ndimage.distance_transform_edt(
         seeds == 0, return_distances=False, return_indices=True
     )
     owner = seeds[near_y, near_x] - 1
-    yy, xx = np.indices(shape)
+    yy, xx = np.mgrid[y0:y1, x0:x1]
     d2 = (xx - xy[owner, 0]) ** 2 + (yy - xy[owner, 1]) ** 2
-    cells[d2 <= radius_px**2] = owner[d2 <= radius_px**2] + 1
+    inside = d2 <= radius_px**2
+    cells[y0:y1, x0:x1][inside] = owner[inside] + 1
     return cells
 
 
