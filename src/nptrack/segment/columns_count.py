@@ -9,10 +9,10 @@ images and cannot know ``u``; here the occupancy is read from the raw image inst
 Ultramicroscopy 134, 2013):
 
 1. :func:`fit_columns` (in :mod:`nptrack.segment.columns_fit`): one linear least-squares
-   model of the frame around the columns,
-   Gaussian columns (with width and position corrections) on a smooth support, gives every
-   column's integrated intensity ``I_j`` above the support and its standard error. The
-   support's thickness varies under the particle; the gaps between columns pin it.
+   model of the frame around the columns, Gaussian columns (with width and position
+   corrections) on a smooth support, gives every column's integrated intensity ``I_j``
+   above the support and its standard error. The support's thickness varies under the
+   particle; the gaps between columns pin it.
 2. :func:`estimate_unit`: the ``I_j`` cluster at integer multiples of ``u``. The prior scale
    ``u0 = median(I / prior occupancy)`` (the network's) is refined to the period of that
    comb when the comb is significant; the search range excludes the ``u/2``, ``u/3`` aliases.
