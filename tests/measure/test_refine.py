@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from nptrack.config import MeasureConfig
 from nptrack.measure import detect_particles
 from nptrack.measure.refine import refine_outlines
 from nptrack.simulate.presets import load_preset, simulate_image
+from nptrack.simulate.stem import SimImage
 
 
 def _disk_image(radius_px: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +63,15 @@ def test_dark_particles_and_touching_neighbours_keep_their_ids() -> None:
     assert (out[r[:, 43] > 13.0, 43] == 0).all()
 
 
+@functools.cache
+def _bf_image() -> SimImage:
+    return simulate_image(load_preset("bf_gold"), rng=np.random.default_rng([5, 0]))
+
+
 def _bf_errors(grow_px: int, band_px: int) -> np.ndarray:
     """Signed % diameter errors of the ≥ 2 nm particles of a simulated BF-TEM image whose
     true masks were grown (eroded when negative) by `grow_px`, the masks' error."""
-    sim = simulate_image(load_preset("bf_gold"), rng=np.random.default_rng([5, 0]))
+    sim = _bf_image()
     px = sim.pixel_size_nm
     mask = (sim.labels > 0).astype(np.uint8)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(grow_px) + 1,) * 2)
