@@ -164,18 +164,9 @@ def columns_command(
     intensity of every frame).
     """
     from nptrack.io.read import read_series
-    from nptrack.segment.columns_count import (
-        assign_occupancy,
-        column_cells,
-        count_columns,
-        estimate_unit,
-    )
-    from nptrack.segment.columns_infer import (
-        ColumnSegmenter,
-        default_min_area_px,
-        find_columns,
-        track_columns,
-    )
+    from nptrack.segment.columns_count import assign_occupancy, column_cells, estimate_unit
+    from nptrack.segment.columns_frame import columns_of_frame
+    from nptrack.segment.columns_infer import ColumnSegmenter, track_columns
 
     if pixel_size_A is not None and not pixel_size_A > 0:
         raise UserError(f"--pixel-size-A must be positive, got {pixel_size_A}")
@@ -203,18 +194,10 @@ def columns_command(
                 px_A = 10.0 * float(np.mean(fr.pixel_size_nm))
             else:
                 px_A, assumed = seg.pixel_size_A, assumed + 1
-            pred = seg.predict(fr.data, pixel_size_A=px_A)
-            cols = find_columns(pred, min_area_px=default_min_area_px(seg.metadata, px_A))
-            cnt = count_columns(
-                fr.data, np.stack([cols["x"], cols["y"]], axis=1), pixel_size_A=px_A,
-                spacing_A=spacing_A, class_probability=cols["class_probability"],
+            cols, pred = columns_of_frame(
+                seg, fr.data, pixel_size_A=px_A, spacing_A=spacing_A,
                 method=method,  # type: ignore[arg-type]
             )  # fmt: skip
-            cols["occupancy_net"] = cols["occupancy"]
-            for key in ("occupancy", "confidence", "occupancy_count", "intensity"):
-                cols[key] = cnt[key]
-            cols["intensity_sd"] = cnt["intensity_sd"]
-            cols["unit"] = {k: cnt[k] for k in ("unit", "prior_unit", "comb_z", "from_comb")}
             name = _name(fr.source)
             k = per_file.get(name, 0)
             per_file[name] = k + 1

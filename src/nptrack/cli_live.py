@@ -240,6 +240,14 @@ def _series_options(func: Callable[..., Any]) -> Callable[..., Any]:
     "occupancy (atomic-resolution frames, column model).",
 )
 @click.option(
+    "--occupancy",
+    "occupancy_method",
+    type=click.Choice(["combined", "count", "net"]),
+    default="combined",
+    show_default=True,
+    help="--mode columns: how occupancy is decided (as `nptrack columns --occupancy`).",
+)
+@click.option(
     "--columns-model",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -261,6 +269,7 @@ def watch(
     workers: int | None,
     detect_bind: tuple[str, str] | None,
     mode: str,
+    occupancy_method: str,
     columns_model: Path | None,
 ) -> None:
     """Live mode: analyse every frame the microscope writes into FOLDER.
@@ -287,7 +296,7 @@ def watch(
         raise UserError(f"{folder}: no such folder to watch")
     if mode == "columns":
         _watch_columns(folder, session_dir, config, until_idle_s, pixel_size_nm, workers,
-                       columns_model)  # fmt: skip
+                       columns_model, occupancy_method)  # fmt: skip
         return
     if columns_model is not None:
         raise UserError("--columns-model is for --mode columns")
@@ -326,6 +335,7 @@ def _watch_columns(
     pixel_size_nm: float | None,
     workers: int | None,
     model: Path | None,
+    method: str,
 ) -> None:
     """`watch --mode columns`: the column model on every frame, ids tracked over the series."""
     from nptrack.pipeline.columns import DEFAULT_COLUMN_MODEL, run_column_session
@@ -353,7 +363,8 @@ def _watch_columns(
     with _graceful_stop() as stop:
         try:
             result = run_column_session(
-                source, session_dir, model_path=model, pixel_size_nm=pixel_size_nm,
+                source, session_dir, model_path=model, method=method,  # type: ignore[arg-type]
+                pixel_size_nm=pixel_size_nm,
                 workers=config.pipeline.detect_workers if workers is None else max(workers, 1),
                 intra_op_threads=config.segment.intra_op_threads,
                 hwm=config.pipeline.high_water_mark,

@@ -6,12 +6,13 @@ track + store, one transaction per frame, resume after a crash); the steps diffe
 - register: none. At atomic resolution a phase correlation can lock onto the lattice one
   period off; the column tracker removes each frame's drift itself (median displacement of
   the matched columns), which is all that column identities need.
-- detect: the column U-Net (`ColumnSegmenter`) and `find_columns` per frame; one ONNX Runtime
-  session per worker.
+- detect: `columns_of_frame` per frame, the step of `nptrack columns` (the column U-Net finds
+  the columns, statistical atom counting decides their occupancy); one ONNX Runtime session
+  per worker.
 - track: `ColumnTracker` gives every column a stable id (nearest position after drift removal)
   and stores it beside the column in ``atom_columns``.
 
-Exports: ``columns.csv`` (frame, column_id, x, y, occupancy, confidence, source),
+Exports: ``columns.csv`` (the columns of `nptrack columns`' table, with source for image),
 ``frames.csv``, ``occupancy_time.csv`` / ``.png`` and ``summary.json``.
 """
 
@@ -31,10 +32,13 @@ import numpy as np
 from nptrack.frames import Frame
 from nptrack.pipeline.run import RunSummary, Steps, run_pipeline
 from nptrack.pipeline.store import FRAME_COLUMNS, SessionStore
+from nptrack.segment.columns_frame import OccupancyMethod
+from nptrack.segment.columns_infer import ColumnLinker
 
 __all__ = [
     "ColumnSessionResult",
     "ColumnTracker",
+    "export_columns",
     "make_column_detector_factory",
     "run_column_session",
 ]
@@ -45,6 +49,7 @@ Source = Callable[[Callable[[Frame], None], threading.Event], None]
 Detect = Callable[[np.ndarray, Any], dict[str, np.ndarray]]
 DEFAULT_COLUMN_MODEL = Path(__file__).resolve().parents[3] / "models" / "nptrack-columns-v1.onnx"
 _MODE_KEY = "mode"
+_STORED = ("x", "y", "occupancy", "confidence", "occupancy_net", "occupancy_count", "intensity")
 
 
 @dataclass
@@ -63,21 +68,26 @@ class ColumnSessionResult:
 def make_column_detector_factory(
     model_path: str | Path,
     *,
+    method: OccupancyMethod = "combined",
     intra_op_threads: int | None = None,
     providers: str = "auto",
     on_assumed_pixel_size: Callable[[str], None] | None = None,
 ) -> tuple[Callable[[], Detect], dict[str, Any]]:
     """``make() -> detect`` for column frames, and the model's metadata.
 
-    ``detect(image, pixel_size_nm)`` returns det_id, x, y (px of the frame), occupancy
-    (atoms), confidence and pixel_size_A per column. A frame without a pixel size is run at
-    the model's own (said once through `on_assumed_pixel_size`).
+    ``detect(image, pixel_size_nm)`` runs `columns_of_frame` (the step of `nptrack columns`)
+    and returns det_id, x, y (px of the frame), occupancy (atoms, as `method` says),
+    confidence, occupancy_net, occupancy_count, intensity and pixel_size_A per column. A
+    frame without a pixel size is run at the model's own (said once through
+    `on_assumed_pixel_size`).
     """
-    from nptrack.segment.columns_infer import ColumnSegmenter, default_min_area_px, find_columns
+    from nptrack.segment.columns_frame import columns_of_frame
+    from nptrack.segment.columns_infer import ColumnSegmenter
 
     probe = ColumnSegmenter.from_path(model_path, providers=providers, intra_op_threads=1)
     metadata = dict(probe.metadata)
     model_px_A = probe.pixel_size_A
+    spacing_A = float(metadata.get("column_spacing_A", 3.0))
     del probe
     said = threading.Event()
 
@@ -88,7 +98,8 @@ def make_column_detector_factory(
 
         def detect(image: np.ndarray, pixel_size_nm: Any) -> dict[str, np.ndarray]:
             if pixel_size_nm:
-                px_A = 10.0 * float(np.sqrt(pixel_size_nm[0] * pixel_size_nm[1]))
+                # As `nptrack columns`: the mean of the two axes.
+                px_A = 10.0 * float(np.mean(pixel_size_nm))
             else:
                 px_A = model_px_A
                 if not said.is_set() and on_assumed_pixel_size is not None:
@@ -97,56 +108,18 @@ def make_column_detector_factory(
                         f"frames without a pixel size: assumed the model's {model_px_A:g} Å/px "
                         "(give --pixel-size-nm)"
                     )
-            pred = seg.predict(np.asarray(image, dtype=np.float32), pixel_size_A=px_A)
-            cols = find_columns(pred, min_area_px=default_min_area_px(seg.metadata, px_A))
+            cols, _ = columns_of_frame(
+                seg, np.asarray(image), pixel_size_A=px_A, spacing_A=spacing_A, method=method
+            )
             n = len(cols["x"])
-            return {
-                "det_id": np.arange(n, dtype=np.int64),
-                "x": np.asarray(cols["x"], float),
-                "y": np.asarray(cols["y"], float),
-                "occupancy": np.asarray(cols["occupancy"], np.int64),
-                "confidence": np.asarray(cols["confidence"], float),
-                "pixel_size_A": np.full(n, px_A),
-            }
+            out = {k: np.asarray(cols[k]) for k in _STORED}
+            out["det_id"] = np.arange(n, dtype=np.int64)
+            out["pixel_size_A"] = np.full(n, px_A)
+            return out
 
         return detect
 
     return make, metadata
-
-
-class ColumnLinker:
-    """Stable column ids, frame after frame, by nearest position after drift removal.
-
-    A frame's columns are matched one-to-one to the last known position of every column
-    seen so far, moved by the accumulated drift; the frame's drift is the median
-    displacement of a first matching (at least 3 pairs), after which they are matched
-    again. Unmatched columns get new ids.
-    """
-
-    def __init__(self) -> None:
-        self.known_xy = np.zeros((0, 2))
-        self.shift_xy = np.zeros(2)  # accumulated drift (px); known positions move with it
-
-    def assign(self, xy: np.ndarray, *, max_distance_px: float) -> np.ndarray:
-        """Ids of the columns at `xy` (shape (N, 2), x and y in px)."""
-        from nptrack.segment.columns_infer import match_columns
-
-        xy = np.asarray(xy, float).reshape(-1, 2)
-        ids = np.full(len(xy), -1, np.int64)
-        ia, ib = match_columns(xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px)
-        if len(ia) >= 3:
-            self.shift_xy = self.shift_xy + np.median(
-                xy[ia] - self.known_xy[ib] - self.shift_xy, axis=0
-            )
-            ia, ib = match_columns(
-                xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px
-            )
-        ids[ia] = ib
-        self.known_xy[ib] = xy[ia] - self.shift_xy
-        new = np.flatnonzero(ids < 0)
-        ids[new] = np.arange(len(self.known_xy), len(self.known_xy) + len(new))
-        self.known_xy = np.concatenate([self.known_xy, xy[new] - self.shift_xy])
-        return ids
 
 
 class ColumnTracker:
@@ -163,7 +136,7 @@ class ColumnTracker:
     def __init__(self, store: SessionStore, *, column_spacing_A: float) -> None:
         self.store = store
         self.max_distance_A = 0.5 * column_spacing_A
-        self.linker = ColumnLinker()
+        self.linker = ColumnLinker()  # the rule of `nptrack columns`
 
     def _max_px(self, pixel_size_A: float) -> float:
         return self.max_distance_A / pixel_size_A
@@ -252,10 +225,11 @@ def export_columns(store: SessionStore, out_dir: str | Path, *, model: str) -> l
     # Written as `nptrack columns` writes them (px to 0.01, confidence to 0.001).
     table = [
         {**r, "x": f"{r['x']:.2f}", "y": f"{r['y']:.2f}", "confidence": f"{r['confidence']:.3f}",
-         "source": source.get(r["frame"], "")}
+         "intensity": f"{r['intensity']:.6g}", "source": source.get(r["frame"], "")}
         for r in rows
     ]  # fmt: skip
-    keys = ("frame", "column_id", "x", "y", "occupancy", "confidence", "source")
+    keys = ("frame", "column_id", "x", "y", "occupancy", "confidence", "occupancy_net",
+            "occupancy_count", "intensity", "source")  # fmt: skip
     paths = [
         _write_csv(out / "columns.csv", keys, table),
         _write_csv(out / "frames.csv", FRAME_COLUMNS, frames),
@@ -286,6 +260,7 @@ def run_column_session(
     session_dir: str | Path,
     *,
     model_path: str | Path = DEFAULT_COLUMN_MODEL,
+    method: OccupancyMethod = "combined",
     command: str = "watch --mode columns",
     settings: dict[str, Any] | None = None,
     pixel_size_nm: float | None = None,
@@ -308,6 +283,8 @@ def run_column_session(
         refused).
     model_path : path-like
         The column model (ONNX, ``nptrack.task = "columns"``).
+    method : {"combined", "count", "net"}
+        How occupancy is decided (as ``nptrack columns --occupancy``).
     settings : dict, optional
         Recorded in the store (the command's options).
     pixel_size_nm : float, optional
@@ -327,6 +304,7 @@ def run_column_session(
 
     make, metadata = make_column_detector_factory(
         model_path,
+        method=method,
         intra_op_threads=intra_op_threads,
         providers=providers,
         on_assumed_pixel_size=assumed,
@@ -340,8 +318,9 @@ def run_column_session(
                 f"{session_dir}: a {mode} session; use another --session for column mode"
             )
         store.set_meta(_MODE_KEY, "columns")
-        store.set_meta("config", {"model": str(model_path), **(settings or {})})
-        run_id = store.start_run(command, {"model": str(model_path), **(settings or {})})
+        recorded = {"model": str(model_path), "occupancy": method, **(settings or {})}
+        store.set_meta("config", recorded)
+        run_id = store.start_run(command, recorded)
         tracker = ColumnTracker(
             store, column_spacing_A=float(metadata.get("column_spacing_A", 3.0))
         )

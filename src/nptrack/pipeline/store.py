@@ -38,7 +38,10 @@ TRACK_COLUMNS = ("frame", "track_id", "x", "y", "diameter_nm", "intensity", "det
 EVENT_COLUMNS = ("frame", "type", "track_ids", "detail")
 # Atomic-column mode (`watch --mode columns`): one row per column and frame, positions in px
 # of the acquired frame; column_id is set by the column tracker after the frame is stored.
-ATOM_COLUMN_COLUMNS = ("frame", "det_id", "column_id", "x", "y", "occupancy", "confidence")
+ATOM_COLUMN_COLUMNS = (
+    "frame", "det_id", "column_id", "x", "y", "occupancy", "confidence", "occupancy_net",
+    "occupancy_count", "intensity",
+)  # fmt: skip
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -66,7 +69,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS atom_columns (
     frame INTEGER, det_id INTEGER, column_id INTEGER, x REAL, y REAL, occupancy INTEGER,
-    confidence REAL, PRIMARY KEY (frame, det_id));
+    confidence REAL, occupancy_net INTEGER, occupancy_count INTEGER, intensity REAL,
+    PRIMARY KEY (frame, det_id));
 """
 
 

@@ -40,6 +40,7 @@ from nptrack.segment.infer import (
 
 __all__ = [
     "REQUIRED_COLUMN_METADATA",
+    "ColumnLinker",
     "ColumnPrediction",
     "ColumnSegmenter",
     "decide_classes",
@@ -305,14 +306,44 @@ def match_columns(
     return ra[i[ok]], rb[j[ok]]
 
 
+class ColumnLinker:
+    """Stable column ids, frame after frame, by nearest position after drift removal.
+
+    A frame's columns are matched one-to-one (:func:`match_columns`) to the last known
+    position of every column seen so far, moved by the accumulated drift; the frame's drift
+    is the median displacement of a first matching (at least 3 pairs), after which they are
+    matched again. Unmatched columns get new ids. Used frame by frame by the live pipeline
+    and through :func:`track_columns` for a whole series.
+    """
+
+    def __init__(self) -> None:
+        self.known_xy = np.zeros((0, 2))
+        self.shift_xy = np.zeros(2)  # accumulated drift (px); known positions move with it
+
+    def assign(self, xy: np.ndarray, *, max_distance_px: float) -> np.ndarray:
+        """Ids (int, shape (N,)) of the columns of the next frame at `xy` ((N, 2), x, y px)."""
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        ids = np.full(len(xy), -1, int)
+        ia, ib = match_columns(xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px)
+        if len(ia) >= 3:
+            self.shift_xy = self.shift_xy + np.median(
+                xy[ia] - self.known_xy[ib] - self.shift_xy, axis=0
+            )
+            ia, ib = match_columns(
+                xy, self.known_xy + self.shift_xy, max_distance_px=max_distance_px
+            )
+        ids[ia] = ib
+        self.known_xy[ib] = xy[ia] - self.shift_xy
+        new = np.flatnonzero(ids < 0)
+        ids[new] = np.arange(len(self.known_xy), len(self.known_xy) + len(new))
+        self.known_xy = np.concatenate([self.known_xy, xy[new] - self.shift_xy])
+        return ids
+
+
 def track_columns(
     frames: Sequence[dict[str, np.ndarray]], *, max_distance_px: float
 ) -> list[np.ndarray]:
-    """Stable column ids over a series, by nearest position.
-
-    Each frame's columns are matched one-to-one (:func:`match_columns`) to the last known
-    position of every column seen so far, after removing the frame's drift (the median
-    displacement of a first matching, then matched again); unmatched columns get new ids.
+    """Stable column ids over a series, by nearest position (a :class:`ColumnLinker`).
 
     Parameters
     ----------
@@ -326,20 +357,11 @@ def track_columns(
     list of ndarray of int
         Per frame, the id of each of its columns.
     """
-    known = np.zeros((0, 2))
-    shift = np.zeros(2)  # accumulated drift: known positions are moved along with it
-    out: list[np.ndarray] = []
-    for cols in frames:
-        xy = np.stack([np.asarray(cols["x"], float), np.asarray(cols["y"], float)], axis=1)
-        ids = np.full(len(xy), -1, int)
-        ia, ib = match_columns(xy, known + shift, max_distance_px=max_distance_px)
-        if len(ia) >= 3:
-            shift = shift + np.median(xy[ia] - known[ib] - shift, axis=0)
-            ia, ib = match_columns(xy, known + shift, max_distance_px=max_distance_px)
-        ids[ia] = ib
-        known[ib] = xy[ia] - shift
-        new = np.flatnonzero(ids < 0)
-        ids[new] = np.arange(len(known), len(known) + len(new))
-        known = np.concatenate([known, xy[new] - shift])
-        out.append(ids)
-    return out
+    linker = ColumnLinker()
+    return [
+        linker.assign(
+            np.stack([np.asarray(c["x"], float), np.asarray(c["y"], float)], axis=1),
+            max_distance_px=max_distance_px,
+        )
+        for c in frames
+    ]
