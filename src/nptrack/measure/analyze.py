@@ -4,18 +4,21 @@ Files in, tables and figures out: read every image, segment it (U-Net or the cla
 fallback, passed in), separate and measure the particles, and write ``particles.csv``,
 ``summary.csv``, ``summary.json``, ``overlays/<image>.png``, ``histograms.png`` and optionally
 ``masks/<image>.png`` (16-bit labels) and ``particles.xlsx``. All file I/O of nptrack.measure
-lives here; the algorithms are in `nptrack.measure.split` / `props`.
+lives in these analyze modules; the algorithms are in `nptrack.measure.split` / `props`.
 
 Units: lengths are in nm when the images are calibrated (or ``--pixel-size-nm`` is given) and
 in px when none is; a run never mixes them. When some images are calibrated and others not,
 the uncalibrated ones are reported and left out of the pooled tables.
+
+Tables and their writers are in `nptrack.measure.analyze_outputs`, overlays and histograms in
+`nptrack.measure.analyze_figures`; the names this module has always exported
+(`NM_COLUMNS`, `particle_rows`, `render_overlay`, ...) are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +31,16 @@ import numpy as np
 from nptrack.config import DEFAULT_CONFIG_PATH, Config, SegmentConfig
 from nptrack.frames import Frame
 from nptrack.measure import Particles, detect_particles
+from nptrack.measure.analyze_figures import render_overlay, write_histograms, write_png
+from nptrack.measure.analyze_outputs import (
+    NM_COLUMNS,
+    PX_COLUMNS,
+    json_default,
+    particle_rows,
+    summary_rows,
+    write_csv,
+    write_xlsx,
+)
 from nptrack.measure.classic import ClassicSegmenter
 
 __all__ = [
@@ -48,21 +61,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 REPO_ROOT = DEFAULT_CONFIG_PATH.parents[1]
-
-# particles.csv after image, particle_id: the detections.csv columns (DESIGN.md) + agglomerate.
-NM_COLUMNS = (
-    "x", "y", "x_nm", "y_nm", "area_nm2", "diameter_nm", "feret_min_nm", "feret_max_nm",
-    "perimeter_nm", "circularity", "convexity", "intensity", "background", "score",
-    "separated", "border", "agglomerate",
-)  # fmt: skip
-# The same when no image is calibrated: lengths in px, no *_nm columns.
-PX_COLUMNS = (
-    "x", "y", "area_px2", "diameter_px", "feret_min_px", "feret_max_px", "perimeter_px",
-    "circularity", "convexity", "intensity", "background", "score", "separated", "border",
-    "agglomerate",
-)  # fmt: skip
-_SUMMARY = ("diameter", "feret_min", "feret_max", "area", "perimeter", "circularity",
-            "convexity", "intensity")  # fmt: skip
 
 
 class AnalyzeError(ValueError):
@@ -344,12 +342,12 @@ def analyze(
                     particles.columns,
                     pixel_size_nm=frame.pixel_size_nm,
                 )
-                result.files.append(_write_png(out / "overlays" / f"{name}.png", image_rgb))
+                result.files.append(write_png(out / "overlays" / f"{name}.png", image_rgb))
                 if masks:
                     if particles.count > np.iinfo(np.uint16).max:
                         raise AnalyzeError(f"{particles.count} particles do not fit 16 bits")
                     labels16 = particles.labels.astype(np.uint16)
-                    result.files.append(_write_png(out / "masks" / f"{name}.png", labels16))
+                    result.files.append(write_png(out / "masks" / f"{name}.png", labels16))
             except Exception as exc:
                 if debug:
                     raise
@@ -410,7 +408,7 @@ def analyze(
         "measure": config.measure.model_dump(),
     }
     summary_json = out / "summary.json"
-    summary_json.write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
+    summary_json.write_text(json.dumps(info, indent=2, default=json_default) + "\n")
     result.files.append(summary_json)
     return result
 
@@ -418,239 +416,3 @@ def analyze(
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _write_png(path: Path, image: np.ndarray) -> Path:
-    import cv2
-
-    data = image[..., ::-1] if image.ndim == 3 else image  # OpenCV writes BGR
-    if not cv2.imwrite(str(path), np.ascontiguousarray(data)):
-        raise OSError(f"{path}: could not write PNG")
-    return path
-
-
-# -- tables ------------------------------------------------------------------------------------
-Table = tuple[str, dict[str, np.ndarray]]
-
-
-def _measure_key(name: str, unit: str) -> str:
-    if name == "area":
-        return f"area_{unit}2"
-    if name in ("diameter", "feret_min", "feret_max", "perimeter"):
-        return f"{name}_{unit}"
-    return name
-
-
-def particle_rows(tables: Sequence[Table], *, unit: str) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of ``particles.csv``: one row per particle of every (image, columns)."""
-    cols = NM_COLUMNS if unit == "nm" else PX_COLUMNS
-    rows: list[list[Any]] = []
-    for image, columns in tables:
-        for i in range(int(columns["label"].size)):
-            rows.append([image, int(columns["label"][i]), *(columns[c][i] for c in cols)])
-    return ["image", "particle_id", *cols], rows
-
-
-def summary_rows(tables: Sequence[Table], *, unit: str) -> tuple[list[str], list[list[Any]]]:
-    """``summary.csv``: counts, then mean and sd of each measure, per image and pooled (ALL).
-
-    Particles cut by the border are counted but left out of the statistics.
-    """
-    keys = [_measure_key(m, unit) for m in _SUMMARY]
-    header = ["image", "n", "n_border", "n_separated", "n_agglomerate"]
-    header += [f"{k}_{stat}" for k in keys for stat in ("mean", "sd")]
-    pooled = {
-        k: np.concatenate([c[k] for _, c in tables])
-        for k in (*keys, "border", "separated", "agglomerate")
-    }
-    rows = []
-    for image, c in [*tables, ("ALL", pooled)]:
-        inside = c["border"] == 0
-        row: list[Any] = [
-            image,
-            int(c["border"].size),
-            int(c["border"].sum()),
-            int(c["separated"].sum()),
-            int(c["agglomerate"].sum()),
-        ]
-        for k in keys:
-            v = c[k][inside]
-            v = v[np.isfinite(v)]
-            row += [v.mean() if v.size else np.nan, v.std(ddof=1) if v.size > 1 else np.nan]
-        rows.append(row)
-    return header, rows
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if not np.isfinite(value) else f"{float(value):.8g}"
-    if isinstance(value, np.integer):
-        return str(int(value))
-    return str(value)
-
-
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """Write a CSV (empty cells for NaN, 8 significant digits)."""
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows([_cell(v) for v in row] for row in rows)
-    return path
-
-
-def write_xlsx(
-    path: Path, sheets: dict[str, tuple[Sequence[str], Sequence[Sequence[Any]]]]
-) -> Path:
-    """Write tables as sheets of one workbook (needs openpyxl)."""
-    from openpyxl import Workbook
-
-    book = Workbook()
-    book.remove(book.active)
-    for title, (header, rows) in sheets.items():
-        sheet = book.create_sheet(title)
-        sheet.append(list(header))
-        for row in rows:
-            sheet.append([_xlsx_cell(v) for v in row])
-    book.save(path)
-    return path
-
-
-def _xlsx_cell(value: Any) -> Any:
-    if isinstance(value, (float, np.floating)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-# -- figures -----------------------------------------------------------------------------------
-_COLOURS = np.array(
-    [[0, 0, 0], [60, 220, 60], [255, 200, 0], [255, 0, 255], [255, 60, 60]], dtype=np.uint8
-)  # background, particle, separated, agglomerate, border (RGB)
-
-
-def _nice_length(target: float) -> float:
-    """The largest 1, 2 or 5 × 10^k not above `target`."""
-    exp = math.floor(math.log10(target))
-    for m in (5, 2, 1):
-        if m * 10**exp <= target:
-            return m * 10**exp
-    return 10**exp
-
-
-def render_overlay(
-    image: np.ndarray,
-    labels: np.ndarray,
-    columns: dict[str, np.ndarray],
-    *,
-    pixel_size_nm: tuple[float, float] | None = None,
-) -> np.ndarray:
-    """The image with particle outlines, ids and a scale bar.
-
-    Outlines: green = particle, yellow = separated from a larger region, magenta =
-    agglomerate (stays non-convex), red = cut by the border (left out of size statistics).
-
-    Parameters
-    ----------
-    image : ndarray of float, shape (H, W)
-    labels : ndarray of int, shape (H, W)
-    columns : dict of str to ndarray
-        From `nptrack.measure.props.measure_particles` (x, y, flags).
-    pixel_size_nm : (float, float), optional
-        Adds a scale bar.
-
-    Returns
-    -------
-    ndarray of uint8, shape (H, W, 3)
-        RGB.
-    """
-    import cv2
-    from skimage.segmentation import find_boundaries
-
-    img = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(img.ravel()[:: max(img.size // 500_000, 1)], (0.5, 99.5))
-    gray = np.clip((img - lo) / max(float(hi - lo), 1e-12) * 255.0, 0, 255).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    n = int(columns["label"].size)
-    kind = np.ones(n + 1, dtype=np.intp)
-    kind[0] = 0
-    kind[1:][columns["separated"] > 0] = 2
-    kind[1:][columns["agglomerate"] > 0] = 3
-    kind[1:][columns["border"] > 0] = 4
-    edge = find_boundaries(labels, mode="inner")
-    rgb[edge] = _COLOURS[kind[labels[edge]]]
-    height, width = gray.shape
-    scale = max(0.3, min(height, width) / 1600.0)
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    for i in range(n):
-        x, y = columns["x"][i], columns["y"][i]
-        if np.isfinite(x) and np.isfinite(y):
-            colour = tuple(int(c) for c in _COLOURS[kind[i + 1]])
-            cv2.putText(rgb, str(i + 1), (int(x), int(y)), font, scale, colour, 1, cv2.LINE_AA)
-    if pixel_size_nm is not None:
-        px_nm = float(pixel_size_nm[1])
-        length_nm = _nice_length(width * px_nm / 5.0)
-        bar = max(round(length_nm / px_nm), 1)
-        thick = max(int(height / 150), 3)
-        x1, y1 = width - int(0.04 * width), height - int(0.04 * height)
-        cv2.rectangle(rgb, (x1 - bar - 1, y1 - thick - 1), (x1 + 1, y1 + 1), (0, 0, 0), -1)
-        cv2.rectangle(rgb, (x1 - bar, y1 - thick), (x1, y1), (255, 255, 255), -1)
-        text = f"{length_nm:g} nm"
-        cv2.putText(
-            rgb, text, (x1 - bar, y1 - thick - 6), font, 1.5 * scale, (0, 0, 0), 3, cv2.LINE_AA
-        )
-        cv2.putText(
-            rgb,
-            text,
-            (x1 - bar, y1 - thick - 6),
-            font,
-            1.5 * scale,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
-    return rgb
-
-
-def write_histograms(path: Path, tables: Sequence[Table], *, unit: str) -> Path:
-    """Pooled histograms of equivalent diameter and min / max Feret (border particles out)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
-    border = np.concatenate([c["border"] for _, c in tables]) > 0
-    for ax, (name, title) in zip(
-        axes,
-        [
-            ("diameter", "equivalent diameter"),
-            ("feret_min", "min Feret"),
-            ("feret_max", "max Feret"),
-        ],
-        strict=True,
-    ):
-        v = np.concatenate([c[f"{name}_{unit}"] for _, c in tables])[~border]
-        v = v[np.isfinite(v)]
-        if v.size:
-            ax.hist(v, bins=min(max(int(np.sqrt(v.size)), 5), 50), color="0.35")
-            sd = f" ± {v.std(ddof=1):.3g}" if v.size > 1 else ""
-            ax.set_title(f"{title}: {v.mean():.3g}{sd} {unit} (N = {v.size})", fontsize=10)
-        else:
-            ax.set_title(f"{title}: no particles", fontsize=10)
-        ax.set_xlabel(f"{title} ({unit})")
-        ax.set_ylabel("particles")
-    fig.suptitle(f"{len(tables)} image(s), particles cut by the border excluded", fontsize=10)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
