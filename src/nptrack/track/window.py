@@ -31,7 +31,7 @@ from nptrack.track.events import (
 )
 from nptrack.track.initial import _link_var, solve_lap
 from nptrack.track.moves import _join
-from nptrack.track.retime import retime_fusions
+from nptrack.track.retime import diameter_noise, retime_fusions
 
 __all__ = ["Commit", "OnlineTracker"]
 
@@ -83,6 +83,7 @@ class OnlineTracker:
         self.params = params or params_from_config(self.cfg, self._dets(0, -1), estimate=False)
         self._names: dict[int, int] = {}
         self._diam: dict[int, float] = {}
+        self._size_sigma: float | None = None  # log-diameter noise, measured once
         # tracks (and their fusions) that ended before every window: kept apart so that the
         # work per frame does not grow with the length of the series
         self._archive: dict[int, Track] = {}
@@ -179,7 +180,9 @@ class OnlineTracker:
         if changed:
             refine(sub, dets, p, ids=changed, maxiter=5, relax_iterations=2)
         assign_detections(sub, dets, p)
-        retime_fusions(sub, dets)
+        if self._size_sigma is None and t >= self.W + 10 and sub.fusions:
+            self._size_sigma = diameter_noise(sub, dets)  # constant work per frame after
+        retime_fusions(sub, dets, sigma=self._size_sigma)
         self._write_back(sub, w0, g0)
 
     def _active(self, sub: Solution, mover: Mover, t: int) -> set[int]:
