@@ -18,11 +18,10 @@ Exports: ``columns.csv`` (the columns of `nptrack columns`' table, with source f
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ from typing import Any
 import numpy as np
 
 from nptrack.frames import Frame
-from nptrack.pipeline.run import RunSummary, Steps, run_pipeline
+from nptrack.io.export import write_tables
+from nptrack.pipeline.run import RunSummary, Source, Steps, run_pipeline
+from nptrack.pipeline.session import calibrated
 from nptrack.pipeline.store import FRAME_COLUMNS, SessionStore
 from nptrack.segment.columns_frame import OccupancyMethod
 from nptrack.segment.columns_infer import ColumnLinker
@@ -45,7 +46,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Source = Callable[[Callable[[Frame], None], threading.Event], None]
 Detect = Callable[[np.ndarray, Any], dict[str, np.ndarray]]
 DEFAULT_COLUMN_MODEL = Path(__file__).resolve().parents[3] / "models" / "nptrack-columns-v1.onnx"
 _MODE_KEY = "mode"
@@ -184,36 +184,6 @@ def _register(frame: Frame) -> tuple[np.ndarray, float, str]:
     return np.eye(2, 3), float("nan"), "ok"
 
 
-def _calibrated(source: Source, pixel_size_nm: float | None) -> Source:
-    """Give frames without a calibration `pixel_size_nm` (when set)."""
-    if pixel_size_nm is None:
-        return source
-
-    def wrapped(deliver: Callable[[Frame], None], stop: threading.Event) -> None:
-        def give(frame: Frame) -> None:
-            if frame.pixel_size_nm is None:
-                frame = Frame(
-                    frame.data, (pixel_size_nm, pixel_size_nm), frame.index, frame.time_s,
-                    frame.source, frame.meta,
-                )  # fmt: skip
-            deliver(frame)
-
-        source(give, stop)
-
-    return wrapped
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
-    tmp.replace(path)  # readers never see a half-written export
-    return path
-
-
 def export_columns(store: SessionStore, out_dir: str | Path, *, model: str) -> list[Path]:
     """columns.csv, frames.csv, occupancy_time.csv / .png and summary.json of a column session."""
     from nptrack.cli_columns import _series_outputs
@@ -230,10 +200,7 @@ def export_columns(store: SessionStore, out_dir: str | Path, *, model: str) -> l
     ]  # fmt: skip
     keys = ("frame", "column_id", "x", "y", "occupancy", "confidence", "occupancy_net",
             "occupancy_count", "intensity", "source")  # fmt: skip
-    paths = [
-        _write_csv(out / "columns.csv", keys, table),
-        _write_csv(out / "frames.csv", FRAME_COLUMNS, frames),
-    ]
+    paths = write_tables({"columns": (keys, table), "frames": (FRAME_COLUMNS, frames)}, out)
     tracked = [r for r in rows if r["column_id"] is not None]
     changed = 0
     if len(frames) > 1 and tracked:
@@ -329,7 +296,7 @@ def run_column_session(
             tracker.resume(default_pixel_size_A=float(metadata.get("pixel_size_A", 0.3)))
         steps = Steps(register=_register, make_detector=make, tracker=tracker)
         summary = run_pipeline(
-            _calibrated(source, pixel_size_nm),
+            calibrated(source, pixel_size_nm, required=False),
             steps,
             store,
             workers=workers,

@@ -30,7 +30,7 @@ from nptrack.pipeline.stages import (
 )
 from nptrack.pipeline.store import SessionStore, frame_record
 
-__all__ = ["RunSummary", "Steps", "Tracker", "run_pipeline"]
+__all__ = ["RunSummary", "Source", "Steps", "Tracker", "run_pipeline"]
 
 log = logging.getLogger(__name__)
 

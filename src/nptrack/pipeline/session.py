@@ -27,13 +27,14 @@ from nptrack.frames import Frame
 from nptrack.pipeline.export import export_session
 from nptrack.pipeline.messages import Message
 from nptrack.pipeline.publish import Publisher
-from nptrack.pipeline.run import RunSummary, Steps, run_pipeline
+from nptrack.pipeline.run import RunSummary, Source, Steps, run_pipeline
 from nptrack.pipeline.store import DETECTION_COLUMNS, SessionStore
 from nptrack.pipeline.tracking import SessionTracker, tracker_input
 
 __all__ = [
     "SessionError",
     "SessionResult",
+    "calibrated",
     "make_detector_factory",
     "make_register_step",
     "reoptimize_session",
@@ -44,7 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Source = Callable[[Callable[[Frame], None], threading.Event], None]
 ANCHOR_FILE = "anchor.npy"
 
 
@@ -270,12 +270,13 @@ def folder_source(
 
 
 # -- running ------------------------------------------------------------------------------------
-def _calibrated(source: Source, pixel_size_nm: float | None) -> Source:
-    """Give uncalibrated frames `pixel_size_nm`, or stop the session with a clear error."""
+def calibrated(source: Source, pixel_size_nm: float | None, *, required: bool = True) -> Source:
+    """Give uncalibrated frames `pixel_size_nm`; without it, stop the session with a clear
+    error (`required`) or pass them on uncalibrated."""
 
     def wrapped(deliver: Callable[[Frame], None], stop: threading.Event) -> None:
         def check(frame: Frame) -> None:
-            if frame.pixel_size_nm is None:
+            if frame.pixel_size_nm is None and (pixel_size_nm is not None or required):
                 if pixel_size_nm is None:
                     raise SessionError(
                         f"{frame.source}: no pixel size in the file; pass --pixel-size-nm"
@@ -366,7 +367,7 @@ def run_session(
         )
         try:
             summary = run_pipeline(
-                _calibrated(source, pixel_size_nm),
+                calibrated(source, pixel_size_nm),
                 steps,
                 store,
                 workers=config.pipeline.detect_workers if workers is None else workers,
