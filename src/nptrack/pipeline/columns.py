@@ -138,41 +138,38 @@ class ColumnTracker:
         self.max_distance_A = 0.5 * column_spacing_A
         self.linker = ColumnLinker()  # the rule of `nptrack columns`
 
-    def _max_px(self, pixel_size_A: float) -> float:
-        return self.max_distance_A / pixel_size_A
+    def _assign(self, x: np.ndarray, y: np.ndarray, pixel_size_A: float) -> np.ndarray:
+        return self.linker.assign(
+            np.column_stack([x, y]), max_distance_px=self.max_distance_A / pixel_size_A
+        )
 
     def update(self, frame: int, detections: dict[str, np.ndarray]) -> None:
         """Give the columns of `frame` their ids and store them."""
         if not len(detections.get("det_id", ())):
             return
-        xy = np.column_stack([detections["x"], detections["y"]])
         px_A = float(np.asarray(detections["pixel_size_A"])[0])
-        ids = self.linker.assign(xy, max_distance_px=self._max_px(px_A))
+        ids = self._assign(detections["x"], detections["y"], px_A)
         self.store.set_column_ids(frame, detections["det_id"], ids)
 
     def resume(self, *, default_pixel_size_A: float) -> int:
-        """Replay the stored columns (a resumed session): same ids as the first run gave.
+        """Replay the stored columns (a resumed session) so that the ids go on as before.
 
+        The linker is deterministic, so replaying gives the stored ids again; they are only
+        written for a frame stored without them (a crash between the two commits).
         Returns the number of frames replayed.
         """
-        rows = self.store.atom_columns()
-        frames = {r["frame"]: r for r in self.store.frames()}
+        px_nm = {r["frame"]: r["pixel_size_nm"] for r in self.store.frames()}
         by_frame: dict[int, list[dict[str, Any]]] = {}
-        for r in rows:
+        for r in self.store.atom_columns():
             by_frame.setdefault(r["frame"], []).append(r)
         for frame in sorted(by_frame):
             group = by_frame[frame]
-            px_nm = frames.get(frame, {}).get("pixel_size_nm")
-            px_A = 10.0 * px_nm if px_nm else default_pixel_size_A
-            self.update(
-                frame,
-                {
-                    "det_id": np.array([r["det_id"] for r in group]),
-                    "x": np.array([r["x"] for r in group]),
-                    "y": np.array([r["y"] for r in group]),
-                    "pixel_size_A": np.array([px_A]),
-                },
+            px_A = 10.0 * px_nm[frame] if px_nm.get(frame) else default_pixel_size_A
+            ids = self._assign(
+                np.array([r["x"] for r in group]), np.array([r["y"] for r in group]), px_A
             )
+            if any(r["column_id"] is None for r in group):
+                self.store.set_column_ids(frame, [r["det_id"] for r in group], ids)
         return len(by_frame)
 
     def finish(self) -> int | None:
@@ -186,25 +183,19 @@ def _register(frame: Frame) -> tuple[np.ndarray, float, str]:
 
 def export_columns(store: SessionStore, out_dir: str | Path, *, model: str) -> list[Path]:
     """columns.csv, frames.csv, occupancy_time.csv / .png and summary.json of a column session."""
-    from nptrack.cli_columns import _series_outputs
+    from nptrack.io.columns import COLUMN_TABLE, formatted_rows, write_occupancy_time
 
     out = Path(out_dir)
     frames = store.frames()
     source = {f["frame"]: f["source"] for f in frames}
     rows = store.atom_columns()
-    # Written as `nptrack columns` writes them (px to 0.01, confidence to 0.001).
-    table = [
-        {**r, "x": f"{r['x']:.2f}", "y": f"{r['y']:.2f}", "confidence": f"{r['confidence']:.3f}",
-         "intensity": f"{r['intensity']:.6g}", "source": source.get(r["frame"], "")}
-        for r in rows
-    ]  # fmt: skip
-    keys = ("frame", "column_id", "x", "y", "occupancy", "confidence", "occupancy_net",
-            "occupancy_count", "intensity", "source")  # fmt: skip
+    table = [{**r, "source": source.get(r["frame"], "")} for r in formatted_rows(rows)]
+    keys = (*COLUMN_TABLE, "source")
     paths = write_tables({"columns": (keys, table), "frames": (FRAME_COLUMNS, frames)}, out)
     tracked = [r for r in rows if r["column_id"] is not None]
     changed = 0
     if len(frames) > 1 and tracked:
-        changed = _series_outputs(tracked, max(f["frame"] for f in frames) + 1, out)
+        changed = write_occupancy_time(tracked, max(f["frame"] for f in frames) + 1, out)
         paths += [out / "occupancy_time.csv", out / "occupancy_time.png"]
     summary = {
         "mode": "columns",
