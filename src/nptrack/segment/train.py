@@ -41,7 +41,7 @@ from nptrack.segment.data import (
     make_column_batch,
 )
 from nptrack.segment.export import CHECKPOINT_FORMAT, ExportReport, export_onnx, load_checkpoint
-from nptrack.segment.model import UNet, UNetSpec, count_parameters
+from nptrack.segment.model import UNet, UNetSpec, count_parameters, widen
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -74,6 +74,9 @@ class ModelConfig(_Section):
     base_width: int = Field(12, ge=2)
     max_width: int = Field(128, ge=2)
     first_level_convs: int = Field(1, ge=1, le=2)
+    level_widths: list[int] | None = Field(
+        None, description="channels per level (depth values); replaces base/max_width"
+    )
     version: str = "1.0.0"
     contrast: str = Field("both", pattern="^(bright|dark|both)$")
     typical_diameter_px: float = Field(20.0, gt=0, description="scale target without px size")
@@ -114,7 +117,11 @@ class TrainConfig(_Section):
     def spec(self) -> UNetSpec:
         m = self.model
         out = self.columns.n_classes + 1 if self.task == "columns" else 1
-        return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs, out)
+        widths = tuple(m.level_widths) if m.level_widths is not None else None
+        try:
+            return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs, out, widths)
+        except ValueError as exc:
+            raise ConfigError(f"[model] {exc}") from None
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -336,9 +343,18 @@ def train(
             )
         init_model, _ = load_checkpoint(init_from)
         if init_model.spec != model.spec:
-            raise ValueError(
-                f"{init_from}: architecture {init_model.spec} differs from the config's "
-                f"[model] {model.spec}"
+            try:
+                init_model = widen(init_model, model.spec, seed=o.seed)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{init_from}: architecture {init_model.spec} cannot start the config's "
+                    f"[model] {model.spec} ({exc})"
+                ) from None
+            log.info(
+                "widened %s from widths %s to %s (same function, Net2WiderNet)",
+                init_from,
+                init_model.spec.widths(),
+                model.spec.widths(),
             )
         model.load_state_dict(init_model.state_dict())
         log.info("initialised from %s", init_from)
