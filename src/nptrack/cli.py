@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -482,13 +483,45 @@ def train(
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="ONNX file to write.")
 @click.option("--fp16", is_flag=True, help="Float16 weights (GPU inference); I/O stay float32.")
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Int8 convolutions calibrated on simulated tiles (CPU inference); CHECKPOINT may "
+    "then also be an exported .onnx model.",
+)
 @friendly
-def export_model(checkpoint: Path, out: Path, fp16: bool) -> None:
+def export_model(checkpoint: Path, out: Path, fp16: bool, int8: bool) -> None:
     """Export a training CHECKPOINT (.pt) to ONNX with metadata; prints torch/ORT parity."""
+    if fp16 and int8:
+        raise UserError("--fp16 and --int8 exclude each other")
+    if int8 and checkpoint.suffix.lower() == ".onnx":
+        if not checkpoint.is_file():
+            raise UserError(f"{checkpoint}: model file not found")
+        _need_onnx("nptrack export-model --int8")
+        from nptrack.segment.quantize import quantize_int8
+
+        click.echo(quantize_int8(checkpoint, out).describe())
+        return
     _need_torch("nptrack export-model")
     from nptrack.segment.export import export_checkpoint
 
-    click.echo(export_checkpoint(checkpoint, out, fp16=fp16).describe())
+    if not int8:
+        click.echo(export_checkpoint(checkpoint, out, fp16=fp16).describe())
+        return
+    from nptrack.segment.quantize import quantize_int8
+
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "float.onnx"
+        click.echo(export_checkpoint(checkpoint, staged).describe())
+        click.echo(quantize_int8(staged, out).describe())
+
+
+def _need_onnx(command: str) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        msg = f"{command} needs the [train] extra (onnx): pip install 'nptrack[train]'"
+        raise UserError(msg) from None
 
 
 # (end train / export-model commands)
