@@ -209,10 +209,17 @@ def test_cli_analyze(two_images: list[Path], tmp_path: Path) -> None:
     assert err[1].startswith("nptrack analyze: error: no image could be analysed")
 
 
-@pytest.mark.parametrize("preset", ["table1", "dense"])
+@pytest.mark.parametrize("preset", ["table1", "dense", "pd250", "bf_gold"])
 def test_sizing_and_intensity_on_simulated_images(preset: str, tmp_path: Path) -> None:
     """The measurement stage on simulator truth: separate the union of the true masks and
-    compare equivalent diameters and integrated intensities with the simulator's."""
+    compare equivalent diameters and integrated intensities with the simulator's.
+
+    The issue's bars: median |diameter error| <= 5 % and integrated intensity within 5 %
+    (median |error|) for particles >= 2 nm. What the noise leaves room for on table1
+    (tools/eval_intensity.py, 12 images): shot noise alone 2.0 %, the support under the
+    particle known 2.1 %, a ring mean of the noise-free support 3.7 %; measured 4.0 %, and
+    5.7 % with the fixed 2 px margin of the previous code (this test's first two images).
+    """
     from nptrack.io.read import read_frames
     from nptrack.measure import detect_particles
 
@@ -233,9 +240,12 @@ def test_sizing_and_intensity_on_simulated_images(preset: str, tmp_path: Path) -
         assert label > 0
         d_err.append(particles.columns["diameter_nm"][label - 1] / float(row["diameter_nm"]) - 1)
         i_err.append(particles.columns["intensity"][label - 1] / float(row["intensity"]) - 1)
+    margins = sorted({float(p.columns["intensity_margin_px"][0]) for p in found.values()})
     print(f"{preset}: {len(d_err)} particles >= 2 nm, median |diameter error| "
           f"{100 * np.median(np.abs(d_err)):.1f} %, median |intensity error| "
-          f"{100 * np.median(np.abs(i_err)):.1f} %")  # fmt: skip
+          f"{100 * np.median(np.abs(i_err)):.1f} % (signed {100 * np.median(i_err):+.1f} %), "
+          f"intensity margins {margins} px")  # fmt: skip
     assert len(d_err) > 20
     assert np.median(np.abs(d_err)) <= 0.05
-    assert np.median(np.abs(i_err)) <= 0.10
+    assert np.median(np.abs(i_err)) <= 0.05
+    assert abs(np.median(i_err)) <= 0.02  # scatter, not bias

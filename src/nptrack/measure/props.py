@@ -24,6 +24,7 @@ import numpy as np
 
 from nptrack.measure.contour import _group_starts, _raw_loops
 from nptrack.measure.contour_smooth import _smooth_loops
+from nptrack.measure.intensity import choose_margin, shell_sums
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -381,21 +382,6 @@ def edt(mask: np.ndarray) -> np.ndarray:
     return np.sqrt(_squared_edt(mask))
 
 
-def _zones(
-    own: np.ndarray, free: np.ndarray, margin_px: float, ring_px: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Integration zone (particle + margin nearer to it than to others) and background ring.
-
-    `free` is False on the other particles. Distances are compared squared (exact integers).
-    """
-    d_own = _squared_edt(~own)
-    d_other = _squared_edt(free) if not free.all() else np.full(own.shape, np.inf, np.float32)
-    m2, r2 = margin_px * margin_px, (margin_px + ring_px) ** 2
-    zone = own | ((d_own <= m2) & (d_own < d_other))
-    ring = (d_own > m2) & (d_own <= r2) & (d_other > m2)
-    return zone, ring
-
-
 def measure_particles(
     labels: np.ndarray,
     image: np.ndarray | None = None,
@@ -405,6 +391,7 @@ def measure_particles(
     contrast: Literal["bright", "dark", "auto"] = "auto",
     background_ring_px: int = 4,
     intensity_margin_px: int = 2,
+    adaptive_margin: bool = True,
     convexity_threshold: float = 0.95,
     separated: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
@@ -427,9 +414,15 @@ def measure_particles(
     background_ring_px : int
         Width of the background ring in pixels.
     intensity_margin_px : int
-        The intensity is integrated over the particle grown by this margin (pixels nearer to it
-        than to any other particle), so that the blurred rim is not lost; the ring starts
-        beyond the margin and leaves out other particles and their margins.
+        Largest margin: the intensity is integrated over the particle grown by a margin
+        (pixels nearer to it than to any other particle), so that the blurred rim is not lost;
+        the ring starts beyond this largest margin and leaves out other particles and their
+        margins.
+    adaptive_margin : bool
+        Choose the margin of the frame, 1 … `intensity_margin_px` px, from all its particles
+        (`nptrack.measure.intensity.choose_margin`: least rim lost plus noise added); False
+        integrates out to `intensity_margin_px`. Either way the ring and the background are
+        the same.
     convexity_threshold : float
         Threshold of `is_convex` for the ``agglomerate`` flag.
     separated : ndarray of bool, shape (N,), optional
@@ -443,7 +436,8 @@ def measure_particles(
         ``feret_max_px`` / ``_nm``, ``perimeter_px`` / ``_nm``, ``circularity`` (4πA/P²,
         at most 1), ``convexity``, ``solidity``, ``intensity`` (integrated above the local
         background, image units × px), ``background`` (mean of the ring, image units),
-        ``score``, ``separated``, ``border``, ``agglomerate`` (0/1, int8).
+        ``intensity_margin_px`` (the margin used, the same for the whole frame; NaN without
+        an image), ``score``, ``separated``, ``border``, ``agglomerate`` (0/1, int8).
     """
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
@@ -509,7 +503,12 @@ def measure_particles(
     r0, r1, c0, c1 = box[present].T
     border[present] = (r0 == 0) | (c0 == 0) | (r1 == height) | (c1 == width)
 
-    pad = intensity_margin_px + background_ring_px + 1
+    # The ring reaches margin + ring px from the particle and leaves out pixels within margin
+    # px of another: the crop must hold the other particles that far out.
+    pad = 2 * intensity_margin_px + background_ring_px + 1
+    shells = np.full((n, intensity_margin_px + 1), np.nan)  # per particle, see shell_sums
+    shell_counts = np.zeros((n, intensity_margin_px + 1))
+    ring_var, ring_count = np.full(n, np.nan), np.zeros(n, np.int64)
     hulls, hull_of = [], []
     if probability is not None:
         probability = np.asarray(probability)
@@ -530,11 +529,22 @@ def measure_particles(
             box_in = (slice(r0 - R0, r1 - R0), slice(c0 - C0, c1 - C0))
             inside = own[box_in]
             rows, cs = np.nonzero(inside)
-            zone, ring = _zones(own, (crop == 0) | own, intensity_margin_px, background_ring_px)
-            in_ring = img[ring]
-            bg = float(in_ring.mean()) if in_ring.size else global_bg
+            # Distances compared squared (exact integers); `free` is False on other particles.
+            free = (crop == 0) | own
+            d_own = _squared_edt(~own)
+            d_other = (
+                _squared_edt(free) if not free.all() else np.full(own.shape, np.inf, np.float32)
+            )
+            bg, shells[i], shell_counts[i], ring_var[i], ring_count[i] = shell_sums(
+                img,
+                d_own,
+                d_other,
+                own,
+                margin_px=intensity_margin_px,
+                ring_px=background_ring_px,
+                fallback_background=global_bg,
+            )
             cols["background"][i] = bg
-            cols["intensity"][i] = sign * float((img[zone] - bg).sum())
             w = np.clip(sign * (img[box_in][inside] - bg), 0.0, None)
             w_sum = w.sum()
             if w_sum > 0:
@@ -549,6 +559,13 @@ def measure_particles(
         if rows.size >= 3:
             hulls.append(_pixel_hull(rows, cs))
             hull_of.append(i)
+    margin = np.full(n, np.nan)
+    if image is not None and n:
+        m = intensity_margin_px
+        if adaptive_margin:
+            m, _ = choose_margin(sign * shells, shell_counts, ring_var, ring_count)
+        cols["intensity"] = sign * np.cumsum(shells, axis=1)[:, m]
+        margin[:] = m
     cols["solidity"][present] = 1.0
     hull_of_arr = np.asarray(hull_of, dtype=np.int64)
     cols["solidity"][hull_of_arr] = area[hull_of_arr] / np.maximum(
@@ -590,6 +607,7 @@ def measure_particles(
         "solidity": cols["solidity"],
         "intensity": cols["intensity"],
         "background": cols["background"],
+        "intensity_margin_px": margin,
         "score": score,
         "separated": (
             np.zeros(n, np.int8) if separated is None else np.asarray(separated, np.int8)
