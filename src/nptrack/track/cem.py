@@ -32,7 +32,7 @@ from nptrack.track.energy import (
     pack,
 )
 from nptrack.track.initial import estimate_params, initial_solution
-from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move
+from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move, sizes_apart
 from nptrack.track.retime import retime_fusions
 
 __all__ = ["Mover", "assign_detections", "optimize", "params_from_config", "refine"]
@@ -69,11 +69,26 @@ def params_from_config(
 class Mover:
     """Evaluates and applies moves on a solution (changed in place)."""
 
-    def __init__(self, sol: Solution, dets: Detections, params: EnergyParams) -> None:
+    def __init__(
+        self,
+        sol: Solution,
+        dets: Detections,
+        params: EnergyParams,
+        *,
+        size_hint: dict[int, float] | None = None,
+        history: tuple[dict[int, Track], NDArray[np.float64]] | None = None,
+    ) -> None:
         self.sol, self.dets, self.p = sol, dets, params
+        # online: each track's size measured alone before the window, and its whole history
+        # (detection rows, diameters) for sizes of two tracks seen apart before the window
+        self.size_hint = size_hint or {}
+        self.history = history
         self.touched: set[int] = set()
         self.active: set[int] | None = None  # tracks whose moves are tried (None: all)
         self.tabu: set[tuple] = set()  # fusion decisions taken in this run (no undoing)
+        # online: a fusion is only made once the blob's size has dropped below the summed
+        # area of the parents (the decision is committed before any later re-dating)
+        self.fusion_needs_drop = False
         # frames around a change that enter its evaluation; intensities are re-solved in all
         # but the outer two (they anchor the window to the rest of the tracks)
         self.margin = 8
@@ -102,10 +117,24 @@ class Mover:
         det = np.concatenate([t.det for t in trs])
         obs = det >= 0
         np.add.at(self.used, det[obs], 1)
-        grp = np.repeat(np.arange(len(trs)), lens)[obs]
-        med = group_median(self.dets.diameter_nm[det[obs]], grp, len(trs))
-        med = np.where(np.isnan(med), self.p.reference_diameter_nm, med)
+        # a particle's size is measured where it is alone, not in a blob it shares
+        own = obs & (self.used[np.maximum(det, 0)] == 1)
+        grp = np.repeat(np.arange(len(trs)), lens)
+        med = group_median(self.dets.diameter_nm[det[own]], grp[own], len(trs))
+        for i in np.flatnonzero(np.isnan(med)):
+            med[i] = self.track_diameter(trs[i])
         self.diam = dict(zip(ids.tolist(), med.tolist(), strict=True))
+
+    def sizes_apart(self, a: Track, c: Track) -> tuple[float, float] | None:
+        """Log diameters of A and C where both were seen apart (`moves.sizes_apart`), in the
+        solution or else in the history before it."""
+        out = sizes_apart(a, c, self.dets.diameter_nm)
+        if out is None and self.history is not None:
+            tracks, diam = self.history
+            ha, hc = tracks.get(a.id), tracks.get(c.id)
+            if ha is not None and hc is not None:
+                out = sizes_apart(ha, hc, diam)
+        return out
 
     def skip(self, tid: int) -> bool:
         """Leave moves of track `tid` out of this epoch (changed already, or not active)."""
@@ -115,7 +144,14 @@ class Mover:
         np.add.at(self.used, t.det[t.det >= 0], sign)
 
     def track_diameter(self, t: Track) -> float:
+        """Median diameter of t's own detections (not shared with a superposed partner); else
+        of its own detections before the window (online), else of all its detections."""
         d = t.det[t.det >= 0]
+        own = d[self.used[d] <= 1] if self.used.size else d
+        if own.size:
+            return float(np.median(self.dets.diameter_nm[own]))
+        if t.id in self.size_hint:
+            return self.size_hint[t.id]
         return (
             float(np.median(self.dets.diameter_nm[d])) if d.size else self.p.reference_diameter_nm
         )
@@ -255,7 +291,9 @@ class Mover:
         win = (lo + 2, hi - 2)
         cut_a = [c for t in after if (c := t.cut(lo, hi)).n]
         cut_b = [c for t in before if (c := t.cut(lo, hi)).n]
-        e_after = self._local(cut_a, rel_after, context, diam, win if move.relax else None)
+        e_after = self._local(
+            cut_a, rel_after, context, diam, win if move.relax else None, cg=move.cg_iterations
+        )
         e_before = self._local(cut_b, rel_before, context, diam, None)
         return e_after + ends(after, rel_after) - e_before - ends(before, rel_before)
 
@@ -266,11 +304,13 @@ class Mover:
         context: list[Track],
         diam: dict[int, float],
         relax: tuple[int, int] | None,
+        cg: int = 0,
     ) -> float:
         """Windowed energy of the focus tracks given the context, without the end terms.
 
         With `relax`, the intensities of the focus points in those frames are re-solved first
-        (new points carry raw detection intensities).
+        (new points carry raw detection intensities); with `cg` > 0, positions and
+        intensities there are then minimised by that many conjugate-gradient iterations.
         """
         pk = pack(
             focus + context,
@@ -286,6 +326,8 @@ class Mover:
         u = pk.u
         if relax is not None:
             pk.free &= (pk.t >= relax[0]) & (pk.t <= relax[1])
+            if cg:
+                return _minimise(pk, self.p_win, cg, relax_iterations=2)[0]
             u = pk.relax_intensity(pk.xy, pk.u, iterations=2)
         return pk.energy(pk.xy, u, grad=False)[0]
 
@@ -457,6 +499,25 @@ def assign_detections(
     order = np.argsort(dd, kind="stable")
     new = np.where(free, -1, old)
     owner: dict[int, int] = {int(x): i for i, x in enumerate(old) if not free[i] and x >= 0}
+    # a superposed pair keeps its shared blob while the pair's mass-weighted centre sits on
+    # it and the blob holds both masses (the two may sit apart inside the blob)
+    fo = q[old[q] >= 0]
+    if fo.size:
+        srt = fo[np.argsort(old[fo], kind="stable")]
+        dup = np.flatnonzero(old[srt[1:]] == old[srt[:-1]])
+        for p_, o_ in zip(srt[dup].tolist(), srt[dup + 1].tolist(), strict=True):
+            g_ = int(old[p_])
+            if g_ in owner or t_all[p_] != t_all[o_]:
+                continue
+            w_ = 1.0 / (1.0 + np.exp(u[o_] - u[p_]))
+            centre = w_ * xy[p_] + (1.0 - w_) * xy[o_]
+            v = dets.log_intensity[g_]
+            both, one = np.logaddexp(u[p_], u[o_]), max(u[p_], u[o_])
+            if np.hypot(*(centre - dets.xy[g_])) <= gate and (
+                abs(v - both) + params.intensity_tolerance < abs(v - one)
+            ):
+                new[p_] = new[o_] = g_
+                owner[g_] = -1
     for k in order:
         p_, g_ = int(pp[k]), int(gg[k])
         if new[p_] >= 0:

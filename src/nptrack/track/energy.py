@@ -850,8 +850,12 @@ def pack(
     sup_w[has] = 1.0 / (1.0 + np.exp(u[partner[has]] - u[has]))
     counted[has] |= focus_pt[partner[has]]
     cp = np.flatnonzero(counted)
+    # a superposed point is seen at the pair's mass-weighted centre (as E_det measures it)
+    xq = xy.copy()
+    if has.any():
+        xq[has] = sup_w[has, None] * xy[has] + (1.0 - sup_w[has, None]) * xy[partner[has]]
     if cp.size and len(dets):
-        pairs = cKDTree(np.column_stack([xy[cp], t[cp] * FRAME_SEP])).sparse_distance_matrix(
+        pairs = cKDTree(np.column_stack([xq[cp], t[cp] * FRAME_SEP])).sparse_distance_matrix(
             dets.tree, params.detection_radius_px, output_type="ndarray"
         )
         det_p = cp[pairs["i"].astype(np.int64)]

@@ -50,6 +50,10 @@ class Move:
     # Re-solve the intensities of the tracks involved before judging (new points carry raw
     # detection intensities); not needed when points are only taken away.
     relax: bool = True
+    # Conjugate-gradient iterations on the positions and intensities of the new tracks
+    # (inside the relaxed frames) before judging: for a move whose constructed path is only
+    # a guess (a particle hidden in a blob comes out somewhere else).
+    cg_iterations: int = 0
 
 
 def _retarget(fusions: Iterable[Fusion], old: int, new: int) -> list[Fusion]:
@@ -141,8 +145,11 @@ def gen_merge(mv: Mover) -> Iterator[list[Move]]:
             continue
         gap = h_t - a.end
         d = np.sqrt(((h_xy - a.xy[-1]) ** 2).sum(1))
+        # a particle hidden in a blob may be anywhere in it: the blob's extent is added
+        c = _blob_partner(mv, a)
+        slack = 0.0 if c is None else _touch_px(mv, mv.diam[a.id], mv.diam[c.id])
         ok = (gap >= 1) & (gap <= p.max_gap_frames + 1)
-        ok &= d <= mv.reach_px(mv.diam[a.id], np.maximum(gap, 1))
+        ok &= d <= mv.reach_px(mv.diam[a.id], np.maximum(gap, 1)) + slack
         ok &= np.abs(h_u - a.u[-1]) < 4.0 * p.intensity_tolerance + 0.3
         group = []
         for j in np.flatnonzero(ok)[np.argsort(d[ok])][:4]:
@@ -150,19 +157,73 @@ def gen_merge(mv: Mover) -> Iterator[list[Move]]:
             if b.id == a.id or b.id in mv.touched or b.id not in sol.tracks:
                 continue
             fus = _retarget(sol.fusions.values(), b.id, a.id)
-            m = _join(a, b, a.id)
+            rm: tuple[int, ...] = (a.id, b.id)
+            add: tuple[Track, ...]
+            if c is not None and c.id != b.id and c.id not in mv.touched:
+                relaid = _relay_hidden(mv, a, c, b)
+                if relaid is None:
+                    continue
+                a2, c2 = relaid
+                rm, add = (*rm, c.id), (_join(a2, b, a.id), c2)
+            else:
+                add = (_join(a, b, a.id),)
             group.append(
-                Move(
-                    "merge",
-                    (a.id, b.id),
-                    (m,),
-                    tuple(f.child for f in fus),
-                    tuple(fus),
-                    at=(a.end, b.start),
-                )
-            )
+                Move("merge", rm, add, tuple(f.child for f in fus), tuple(fus),
+                     at=(a.end, b.start), cg_iterations=10 if len(add) == 2 else 0)
+            )  # fmt: skip
         if group:
             yield group
+
+
+def _blob_partner(mv: Mover, a: Track) -> Track | None:
+    """The track sharing A's last detection (A hidden in its blob), if any."""
+    g = int(a.det[-1])
+    if g < 0 or mv.used[g] < 2:
+        return None
+    for cid in mv.neighbours([a.cut(a.end, a.end)], 2.0 * mv.rmax):
+        c = mv.sol.tracks[cid]
+        if cid != a.id and c.start <= a.end <= c.end and c.det[a.end - c.start] == g:
+            return c
+    return None
+
+
+def _relay_hidden(mv: Mover, a: Track, c: Track, b: Track) -> tuple[Track, Track] | None:
+    """`relay_hidden` towards B's first point (where A comes out of C's blob)."""
+    return relay_hidden(a, c, b.xy[0], b.start, mv.sol.frozen_until)
+
+
+def relay_hidden(
+    a: Track, c: Track, target: NDArray[np.float64], frame: int, frozen_until: int
+) -> tuple[Track, Track] | None:
+    """A's path under C's blob re-laid towards `target` (A's position in `frame`, where it
+    comes out); C moves to keep the blob's centroid (the pair's mass-weighted centre) where
+    it was measured. None when no free point of A is hidden.
+
+    While two particles share one blob only their mass-weighted centre is measured, so the
+    hidden one may be anywhere in the blob; the straight path from where it went in (or from
+    the last committed point) to where it comes out is the likeliest Brownian path. Only free
+    frames (after `frozen_until`) of the shared run are re-laid.
+    """
+    k = a.n - 1
+    while k > 0 and a.det[k - 1] >= 0 and c.start <= a.start + k - 1 <= c.end:
+        if c.det[a.start + k - 1 - c.start] != a.det[k - 1]:
+            break
+        k -= 1
+    k = max(k, frozen_until + 1 - a.start)  # first re-laid point of A
+    if k < 1 or k >= a.n or a.end < c.start or a.end > c.end:
+        return None
+    frames = np.arange(a.start + k, a.end + 1)
+    if frames[0] < c.start:
+        return None
+    w = ((frames - (frames[0] - 1)) / (frame - (frames[0] - 1)))[:, None]
+    new_a = a.xy[k - 1] + w * (np.asarray(target, dtype=float) - a.xy[k - 1])
+    ic = frames - c.start
+    sw = 1.0 / (1.0 + np.exp(c.u[ic] - a.u[k:]))[:, None]
+    centre = sw * a.xy[k:] + (1.0 - sw) * c.xy[ic]
+    a2, c2 = a.copy(), c.copy()
+    a2.xy[k:] = new_a
+    c2.xy[ic] = (centre - sw * new_a) / (1.0 - sw)
+    return a2, c2
 
 
 def _touch_px(mv: Mover, d1: float, d2: float) -> float:
@@ -186,6 +247,67 @@ def _faint(mv: Mover, c: Track, lo: int, hi: int, u_a: float) -> bool:
     return vm - max(rest, u_a) < mv.p.intensity_tolerance
 
 
+def sizes_apart(
+    a: Track, c: Track, diameter_nm: NDArray[np.float64], last: int = 8
+) -> tuple[float, float] | None:
+    """Log diameters of A and C measured apart (None if they never were).
+
+    Medians over the last frames (up to `last`) in which both were detected, each in a
+    detection of its own. C's history may hold blob-sized detections of an earlier
+    superposition; these frames are the ones where both were seen apart.
+    """
+    f0, f1 = max(a.start, c.start), min(a.end, c.end)
+    if f1 < f0:
+        return None
+    ka = a.det[f0 - a.start : f1 - a.start + 1]
+    kc = c.det[f0 - c.start : f1 - c.start + 1]
+    ok = np.flatnonzero((ka >= 0) & (kc >= 0) & (ka != kc))[-last:]
+    if not ok.size:
+        return None
+    return (
+        float(np.median(np.log(diameter_nm[ka[ok]]))),
+        float(np.median(np.log(diameter_nm[kc[ok]]))),
+    )
+
+
+def both_in_blob(log_d: NDArray[np.float64], log_da: float, log_dc: float) -> bool:
+    """The blob's measured size says two particles, not one (touching or superposed).
+
+    Projected areas add while two particles overlap or touch, ``d_blob² = d_a² + d_c²``;
+    once they have coalesced the volumes add, ``d³ = d_a³ + d_c³`` (a smaller blob), and if
+    A has left the blob only C's size is left. The blob must sit nearer the summed-area level
+    than the coalesced one (median over `log_d`, the blob's log diameters).
+    """
+    if not log_d.size:
+        return False
+    da, dc = np.exp(log_da), np.exp(log_dc)
+    pair = 0.5 * np.log(da * da + dc * dc)
+    fused = np.log(da**3 + dc**3) / 3.0
+    return bool(np.median(log_d) > 0.5 * (pair + fused))
+
+
+def _still_both(mv: Mover, a: Track, b: Track, e: int) -> bool:
+    """After frame e, B's blob (or the child's) still has the summed area of A and B.
+
+    The particles touch or overlap but have not coalesced: a fusion there would be dated
+    before the size drop that marks it.
+    """
+    nxt = [b] if b.end > e else [c for c in mv.sol.tracks.values() if c.start == e + 1]
+    apart = mv.sizes_apart(a, b)
+    if apart is None:
+        return False
+    for c in nxt:
+        k = e + 1 - c.start
+        det = c.det[k : k + 3]
+        det = det[det >= 0]
+        if det.size and np.hypot(*(c.xy[k] - b.xy[-1 if b.end <= e else e - b.start])) <= (
+            mv.rmax + mv.p.max_step_px
+        ):
+            if both_in_blob(np.log(mv.dets.diameter_nm[det]), *apart):
+                return True
+    return False
+
+
 def _fuse_group(mv: Mover, a: Track, parents: dict[int, int]) -> list[Move]:
     """Ways for track A to end by fusing into a neighbour (trimming up to two points)."""
     sol = mv.sol
@@ -206,6 +328,8 @@ def _fuse_group(mv: Mover, a: Track, parents: dict[int, int]) -> list[Move]:
             # parents fuse when they touch: sum of radii, plus localisation error
             rf = _touch_px(mv, da, mv.diam[bid])
             if np.hypot(*(a2.xy[-1] - b.xy[e - b.start])) > rf:
+                continue
+            if mv.fusion_needs_drop and _still_both(mv, a2, b, e):
                 continue
             base_rm = (a.id,) if k else ()
             base_add = (a2,) if k else ()
@@ -507,7 +631,7 @@ def _cross_group(
     sol, p = mv.sol, mv.p
     heads_l, h_t, h_xy = heads
     e = a.end
-    if e >= sol.last_frame or e + 1 <= sol.frozen_until or a.n < 3:
+    if e >= sol.last_frame or e + 1 <= sol.frozen_until or a.n < 2:
         return []
     # A may be a parent of a fusion into C: the fusion is dropped and the other parent
     # continues as C (a crossing mistaken for a fusion).
@@ -538,10 +662,21 @@ def _cross_group(
                     continue
                 if np.hypot(*(h_xy[j] - c.xy[k - c.start])) <= mv.reach_px(da, gap) + mv.rmax:
                     ends.append((k, heads_l[j]))
-        for k, nxt in ends[:4]:
+        cands: list[tuple[int, Track | None]] = ends[:4] if a.n >= 3 else []
+        if c.end >= sol.last_frame and f_a is None:
+            # no re-emergence seen yet (online: it may come after the commit): A stays in C's
+            # blob up to the newest frame while the blob holds both masses and both areas
+            cands = [*ends[:3], (c.end, None)]
+        for k, nxt in cands:
             lo, hi = e + 1 - c.start, k - c.start + 1
             if hi <= lo or _faint(mv, c, lo, hi, float(a.u[-1])):
                 continue
+            if nxt is None:
+                blob = c.det[lo:hi]
+                blob = blob[blob >= 0]
+                apart = mv.sizes_apart(a, c)
+                if apart is None or not both_in_blob(np.log(mv.dets.diameter_nm[blob]), *apart):
+                    continue
             ia = np.exp(a.u[-1])
             own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
             c2 = c.copy()

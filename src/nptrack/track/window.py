@@ -30,7 +30,7 @@ from nptrack.track.events import (
     solution_to_table,
 )
 from nptrack.track.initial import _link_var, solve_lap
-from nptrack.track.moves import _join
+from nptrack.track.moves import _join, both_in_blob, relay_hidden, sizes_apart
 from nptrack.track.retime import diameter_noise, retime_fusions
 
 __all__ = ["Commit", "OnlineTracker"]
@@ -84,6 +84,10 @@ class OnlineTracker:
         self._names: dict[int, int] = {}
         self._diam: dict[int, float] = {}
         self._size_sigma: float | None = None  # log-diameter noise, measured once
+        # each track's diameter where it was alone (median of its last committed own
+        # detections): its size while it hides in a blob shared with another track
+        self._own_size: dict[int, float] = {}
+        self._own_hist: dict[int, list[float]] = {}
         # tracks (and their fusions) that ended before every window: kept apart so that the
         # work per frame does not grow with the length of the series
         self._archive: dict[int, Track] = {}
@@ -172,9 +176,12 @@ class OnlineTracker:
         # bounded work per frame: a few CG iterations; each point is refined in L + 1 windows
         since = max(w0, sub.frozen_until - 1)
         refine(sub, dets, p, maxiter=2, since=since, relax_iterations=2)
-        mover = Mover(sub, dets, p)
+        mover = Mover(
+            sub, dets, p, size_hint=self._own_size, history=(self.sol.tracks, self._buf[:, 2])
+        )
         self._diam = mover.diam
         mover.active = self._active(sub, mover, t)
+        mover.fusion_needs_drop = True
         mover.run_epoch()
         changed = set(mover.touched) & set(sub.tracks)
         if changed:
@@ -182,7 +189,7 @@ class OnlineTracker:
         assign_detections(sub, dets, p)
         if self._size_sigma is None and t >= self.W + 10 and sub.fusions:
             self._size_sigma = diameter_noise(sub, dets)  # constant work per frame after
-        retime_fusions(sub, dets, sigma=self._size_sigma)
+        retime_fusions(sub, dets, sigma=self._size_sigma, unfuse_at_end=True)
         self._write_back(sub, w0, g0)
 
     def _active(self, sub: Solution, mover: Mover, t: int) -> set[int]:
@@ -246,6 +253,15 @@ class OnlineTracker:
             gap = np.array([t - tr.end for tr in ends], dtype=float)
             anchor = np.array([tr.det[tr.det >= 0][-1] for tr in ends])
             var = _link_var(dets, p, anchor) * gap
+            # a track hiding in a shared blob: its mobility is its own size's, and it may sit
+            # anywhere in the blob (up to the contact distance from the blob's centre)
+            last = np.array([tr.det[-1] for tr in ends])
+            hid = np.flatnonzero((last >= 0) & (np.bincount(np.maximum(last, 0))[last] > 1))
+            for i in hid:
+                d_own = self._own_size.get(ends[i].id)
+                if d_own is not None:
+                    var[i] = float(p.step_var(d_own)) * gap[i] + 2.0 * p.localisation_px**2
+                    var[i] += float(p.contact_px(d_own, dets.diameter_nm[anchor[i]])) ** 2 / 4.0
             hits = cKDTree(dets.xy[rows]).query_ball_point(e_xy, p.max_step_px * np.sqrt(gap))
             R = np.repeat(np.arange(len(ends)), [len(h) for h in hits])
             C = rows[np.fromiter((j for h in hits for j in h), dtype=np.int64, count=R.size)]
@@ -259,8 +275,9 @@ class OnlineTracker:
         half_c = np.full(len(dets), _GATE / 2.0)
         ra, rc = solve_lap(R, C, K, half_r, half_c)
         linked = set()
+        self._relay_separated(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for i, g in zip(ra.tolist(), rc.tolist(), strict=True):
-            tr = ends[i]
+            tr = sub.tracks[ends[i].id]
             new = Track(
                 tr.id,
                 t,
@@ -270,6 +287,7 @@ class OnlineTracker:
             )
             sub.tracks[tr.id] = _join(tr, new, tr.id)
             linked.add(g)
+        self._carry_superposed(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for g in rows:
             if int(g) not in linked:
                 tid = sub.new_id()
@@ -280,6 +298,74 @@ class OnlineTracker:
                     dets.log_intensity[g : g + 1].copy(),
                     np.array([g], dtype=np.int64),
                 )
+
+    def _relay_separated(
+        self, sub: Solution, dets: Detections, ends: list[Track], link: dict[int, int]
+    ) -> None:
+        """Two tracks that shared a blob take two detections in frame t: they came apart.
+
+        Inside the blob both sat at its centre; the one that comes out further from it is
+        re-laid on a straight path to its new detection over the free frames of the shared
+        run, its partner moving so that the pair's mass-weighted centre stays on the blob
+        (`moves.relay_hidden`). Without it the step out of the blob looks like a jump.
+        """
+        by_det: dict[int, list[int]] = {}
+        for i, tr in enumerate(ends):
+            if tr.end == self.t - 1 and tr.det[-1] >= 0 and i in link:
+                by_det.setdefault(int(tr.det[-1]), []).append(i)
+        for pair in (v for v in by_det.values() if len(v) == 2):
+            i, j = pair
+            if link[i] == link[j]:
+                continue
+            blob = dets.xy[ends[i].det[-1]]
+            out = [float(np.hypot(*(dets.xy[link[k]] - blob))) for k in pair]
+            a_i, c_i = (i, j) if out[0] >= out[1] else (j, i)
+            a, c = sub.tracks[ends[a_i].id], sub.tracks[ends[c_i].id]
+            relaid = relay_hidden(a, c, dets.xy[link[a_i]], self.t, sub.frozen_until)
+            if relaid is not None:
+                sub.tracks[a.id], sub.tracks[c.id] = relaid
+
+    def _carry_superposed(
+        self, sub: Solution, dets: Detections, ends: list[Track], link: dict[int, int]
+    ) -> None:
+        """Carry a superposed pair on together: both tracks share frame t's blob.
+
+        Two tracks that shared their last detection (one particle over the other, or two
+        touching) compete for one blob in frame t; the one-to-one link gives it to one of them.
+        The other one is carried on with it when the blob still holds both: its intensity is
+        their sum rather than one mass (as in the energy's superposition test) and its size,
+        over its last three frames, is at the summed-area level (`both_in_blob`), not the
+        coalesced one nor the partner's own.
+        """
+        p = self.params
+        by_det: dict[int, list[int]] = {}
+        for i, tr in enumerate(ends):
+            if tr.end == self.t - 1 and tr.det[-1] >= 0:
+                by_det.setdefault(int(tr.det[-1]), []).append(i)
+        if not any(len(v) == 2 for v in by_det.values()):
+            return
+        for pair in (v for v in by_det.values() if len(v) == 2):
+            done = [i for i in pair if i in link]
+            if len(done) != 1:
+                continue
+            c_i = done[0]
+            a_i = pair[1] if pair[0] == c_i else pair[0]
+            a, c, g = ends[a_i], sub.tracks[ends[c_i].id], link[c_i]
+            v = dets.log_intensity[g]
+            both = float(np.logaddexp(a.u[-1], c.u[-2]))
+            one = float(max(a.u[-1], c.u[-2]))
+            if not abs(v - both) + p.intensity_tolerance < abs(v - one):
+                continue
+            apart = sizes_apart(a, c, dets.diameter_nm)
+            ha, hc = self.sol.tracks.get(a.id), self.sol.tracks.get(c.id)
+            if apart is None and ha is not None and hc is not None:
+                apart = sizes_apart(ha, hc, self._buf[:, 2])  # seen apart before the window
+            shared = c.det[-3:]
+            shared = shared[shared >= 0]
+            if apart is None or not both_in_blob(np.log(dets.diameter_nm[shared]), *apart):
+                continue
+            new = Track(a.id, self.t, c.xy[-1:].copy(), a.u[-1:].copy(), np.array([g]))
+            sub.tracks[a.id] = _join(a, new, a.id)
 
     def _write_back(self, sub: Solution, w0: int, g0: int) -> None:
         sol = self.sol
@@ -333,6 +419,11 @@ class OnlineTracker:
         own = obs & ~shared
         diam = np.array([self._diameter(tr) for tr in alive])
         diam[own] = buf[det[own], 2]
+        for tr, d_own in ((alive[i], diam[i]) for i in np.flatnonzero(own)):
+            h = self._own_hist.setdefault(tr.id, [])
+            h.append(float(d_own))
+            del h[:-10]
+            self._own_size[tr.id] = float(np.median(h))
         table = TrackTable(
             frame=np.full(len(alive), c, dtype=np.int64),
             track_id=np.array([self._name(tr.id) for tr in alive], dtype=np.int64),
@@ -355,6 +446,8 @@ class OnlineTracker:
         old = [i for i, tr in sol.tracks.items() if tr.end < f]
         for i in old:
             self._archive[i] = sol.tracks.pop(i)
+            self._own_hist.pop(i, None)
+            self._own_size.pop(i, None)
         for c in [c for c in sol.fusions if c in self._archive]:
             self._archive_fusions[c] = sol.fusions.pop(c)
 
