@@ -104,6 +104,13 @@ class MeasureConfig(_Stage):
     watershed_h_px: float = Field(
         1.0, gt=0, description="distance maxima this far above their saddle seed a particle"
     )
+    split_intensity_sigma: float = Field(
+        4.0,
+        ge=0,
+        description="bright particles (ADF): a shallower distance maximum still seeds a "
+        "particle when the smoothed image peaks there this many noise sigmas above its pass "
+        "to the neighbour; 0: off",
+    )
     intensity_margin_px: int = Field(2, ge=0, description="intensity integrated this far out")
     reject_opposite_contrast: bool = Field(
         True,

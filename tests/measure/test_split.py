@@ -149,3 +149,61 @@ def test_detect_particles_uses_nm_sizes() -> None:
     assert found.count == 1
     assert found.columns["diameter_nm"][0] == pytest.approx(2.0, rel=0.03)
     assert (found.labels > 0).sum() == found.columns["area_px2"][0]
+
+
+def _caps(shape: tuple[int, int], disks: list[tuple[float, float, float]]) -> np.ndarray:
+    """Projected thickness of spherical caps (cx, cy, r): what ADF-STEM images."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    out = np.zeros(shape)
+    for cx, cy, r in disks:
+        out += np.sqrt(np.clip(r * r - (xx - cx) ** 2 - (yy - cy) ** 2, 0, None))
+    return out
+
+
+@pytest.mark.parametrize("d", [8.0, 8.5, 9.0])
+def test_watershed_keeps_a_shallow_maximum_the_image_peaks_at(d: float) -> None:
+    # Disks of radius 5 and 4, d px apart; their masks 1 px wider all round (as a segmenter
+    # draws them) touch through a wide neck: the smaller disk's distance maximum rises less
+    # than 1 px above the pass, but the image has two peaks with a dip between them.
+    shape = (40, 48)
+    centres = [(20.0, 20.0, 5.0), (20.0 + d, 20.0, 4.0)]
+    image = 10 * _caps(shape, centres)
+    mask = _caps(shape, [(x, y, r + 1) for x, y, r in centres]) > 0
+    assert split_particles(mask).count == 1  # distance only
+    split = split_particles(mask, image=image, intensity_h=4.0)
+    assert split.count == 2 and split.separated.all()
+    assert {int(split.labels[20, 20]), int(split.labels[20, round(20 + d)])} == {1, 2}
+    # the smaller peak is 40 (its pass 26, 19, 0 for d = 8, 8.5, 9): a threshold above the
+    # dip merges them again
+    assert split_particles(mask, image=image, intensity_h=45.0).count == 1
+    assert split_particles(mask, image=image, intensity_h=10.0).count == 2
+    # the same outline with a flat image, or the image rule off, stays one particle
+    assert split_particles(mask, image=np.where(mask, 50.0, 0.0), intensity_h=4.0).count == 1
+    assert split_particles(mask, image=image, intensity_h=0.0).count == 1
+
+
+def test_image_rule_leaves_one_ellipsoid_whole() -> None:
+    # A 60 x 20 px ellipse has ripples of its distance transform along its ridge; its image
+    # (an ellipsoid's thickness) has one peak: it stays one particle.
+    yy, xx = np.mgrid[0:40, 0:80].astype(float)
+    q = 1 - ((xx - 40) / 30) ** 2 - ((yy - 20) / 10) ** 2
+    mask, image = q >= 0, 100 * np.sqrt(np.clip(q, 0, None))
+    assert split_particles(mask, image=image, intensity_h=1.0).count == 1
+
+
+def test_detect_particles_splits_by_the_image_for_bright_particles_only() -> None:
+    from nptrack.config import MeasureConfig
+
+    shape = (40, 48)
+    centres = [(20.0, 20.0, 5.0), (28.5, 20.0, 4.0)]
+    rng = np.random.default_rng(3)
+    caps = _caps(shape, centres)
+    prob = (_caps(shape, [(x, y, r + 1) for x, y, r in centres]) > 0).astype(float)
+    bright = 40 + 12 * caps + rng.normal(0, 2, shape)  # noise sigma 2: dip ~25 sigma
+    cfg = MeasureConfig(reject_opposite_contrast=False)
+    assert detect_particles(prob, bright, contrast="bright", config=cfg).count == 2
+    off = cfg.model_copy(update={"split_intensity_sigma": 0.0})
+    assert detect_particles(prob, bright, contrast="bright", config=off).count == 1
+    # bright-field (dark particles): contrast is no measure of thickness, distance only
+    dark = 200 - 12 * caps + rng.normal(0, 2, shape)
+    assert detect_particles(prob, dark, contrast="dark", config=cfg).count == 1

@@ -7,6 +7,10 @@ Separation of touching / overlapping particles, selectable:
   marker-controlled watershed of the distance transform. ``h_px`` = 1 px ignores the
   digitisation ripples along the ridge of an elongated particle (plain regional maxima split
   a 60 × 20 px ellipse in five) while two disks overlapping by 40 % still have two markers.
+  Optionally (``image`` and ``intensity_h``), a shallower maximum still seeds its own particle
+  when the image has a peak of its own there, at least ``intensity_h`` above the image's
+  highest pass to the neighbouring basin: two overlapping particles in ADF-STEM, where the
+  intensity is the projected mass, whose union is nearly convex.
 - ``uecs`` (Park et al.; Gumbiowski et al. 2023, ANTEMA): erode a region step by step; where
   a non-convex piece breaks, its pieces of at least the minimum marker size become markers;
   markers grow back by as many steps as they were eroded, inside the original outline. A
@@ -237,7 +241,12 @@ def _saddles(basins: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _merge_shallow_basins(
-    basins: np.ndarray, peaks: np.ndarray, dist: np.ndarray, h_px: float
+    basins: np.ndarray,
+    peaks: np.ndarray,
+    dist: np.ndarray,
+    h_px: float,
+    image: np.ndarray | None = None,
+    intensity_h: float = 0.0,
 ) -> np.ndarray:
     """Merge watershed basins whose peak rises less than `h_px` above its pass (its dynamic).
 
@@ -245,7 +254,8 @@ def _merge_shallow_basins(
     (whose sort dominated the run time on large regions). Passes are visited from the highest
     down (a maximum spanning tree of the basin graph); when two groups meet, the lower group's
     top peak gets its dynamic; if that is below `h_px`, the group joins the basin across the
-    pass.
+    pass, unless `image` (same shape, particles positive) rises at least `intensity_h` above
+    its own highest pass between the two basins in both groups.
     """
     n = int(basins.max())
     peak = np.zeros(n + 1)
@@ -255,6 +265,13 @@ def _merge_shallow_basins(
     parent = np.arange(n + 1)
     top = np.arange(n + 1)  # highest peak of each group (at its root)
     target = np.arange(n + 1)  # where a shallow basin goes
+    by_image = image is not None and intensity_h > 0
+    if by_image:
+        inside = basins > 0
+        bright = np.full(n + 1, -np.inf)  # the image's maximum over each group (at its root)
+        np.maximum.at(bright, basins[inside], image[inside])
+        iu, iv, ih = _saddles(basins, image)
+        image_pass = dict(zip((iu * (n + 1) + iv).tolist(), ih.tolist(), strict=True))
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -271,7 +288,14 @@ def _merge_shallow_basins(
             ra, rb, a, b = rb, ra, b, a
         low = int(top[ra])
         if peak[low] - height[i] <= h_px:  # as h-maxima: a dynamic of exactly h is merged
-            target[low] = b
+            kept = False
+            if by_image:
+                level = image_pass[min(a, b) * (n + 1) + max(a, b)]
+                kept = min(bright[ra], bright[rb]) - level >= intensity_h
+            if not kept:
+                target[low] = b
+        if by_image:
+            bright[rb] = max(bright[rb], bright[ra])
         parent[ra] = rb
     for x in range(1, n + 1):  # follow chains to a kept basin (peaks rise along them)
         y = x
@@ -281,7 +305,13 @@ def _merge_shallow_basins(
     return target[basins]
 
 
-def split_watershed(mask: np.ndarray, *, h_px: float = 1.0) -> SplitResult:
+def split_watershed(
+    mask: np.ndarray,
+    *,
+    h_px: float = 1.0,
+    image: np.ndarray | None = None,
+    intensity_h: float = 0.0,
+) -> SplitResult:
     """Separate touching particles by a watershed seeded at ultimate eroded points.
 
     Parameters
@@ -290,6 +320,12 @@ def split_watershed(mask: np.ndarray, *, h_px: float = 1.0) -> SplitResult:
         Clean foreground.
     h_px : float
         Minimum dynamic (px) of a distance-transform maximum to seed its own particle.
+    image : ndarray of float, shape (H, W), optional
+        The (smoothed) frame with particles positive (bright-field frames negated).
+    intensity_h : float
+        A distance maximum of lower dynamic than `h_px` still seeds its own particle when
+        `image` rises at least this far above its highest pass between the two basins, on
+        both sides (units of `image`; 0: distance only).
 
     Returns
     -------
@@ -300,7 +336,11 @@ def split_watershed(mask: np.ndarray, *, h_px: float = 1.0) -> SplitResult:
     for i, (region, dist) in _several_maxima(lab, slices).items():
         peaks, _ = ndi.label(local_maxima(dist) & region, structure=_EIGHT)
         basins = watershed(-dist, peaks, mask=region)
-        merged = _merge_shallow_basins(basins, peaks, dist, h_px)
+        crop = None
+        if image is not None and intensity_h > 0:
+            crop = np.zeros(region.shape, np.float32)  # padded by 1 px, as the region
+            crop[1:-1, 1:-1] = image[slices[i]]
+        merged = _merge_shallow_basins(basins, peaks, dist, h_px, crop, intensity_h)
         pieces[i] = (slices[i], merged.astype(np.int32))
     return _assemble(lab, len(slices), pieces)
 
@@ -420,6 +460,8 @@ def split_particles(
     h_px: float = 1.0,
     convexity_threshold: float = 0.95,
     min_marker_px: float = 30,
+    image: np.ndarray | None = None,
+    intensity_h: float = 0.0,
 ) -> SplitResult:
     """Label particles in a clean mask, separating touching ones with `method`.
 
@@ -431,6 +473,8 @@ def split_particles(
         Marker dynamic for 'watershed' (px).
     convexity_threshold, min_marker_px : float
         Settings of 'uecs'.
+    image, intensity_h
+        The image rule of 'watershed' (see `split_watershed`).
 
     Returns
     -------
@@ -438,7 +482,7 @@ def split_particles(
     """
     mask = np.asarray(mask, dtype=bool)
     if method == "watershed":
-        return split_watershed(mask, h_px=h_px)
+        return split_watershed(mask, h_px=h_px, image=image, intensity_h=intensity_h)
     if method == "uecs":
         return split_uecs(
             mask, convexity_threshold=convexity_threshold, min_marker_px=min_marker_px
