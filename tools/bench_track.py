@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,9 @@ def _score(name: str, truth: dict, table: TrackTable, events: list, truth_ev: li
     return {"method": name, **{k: round(float(r[k]), 4) for k in keys}}
 
 
-def bench_quality(preset: str, seeds: list[int], merge_factor: float) -> dict[str, Any]:
+def bench_quality(
+    preset: str, seeds: list[int], merge_factor: float, use_fields: bool = True
+) -> dict[str, Any]:
     rows_out = []
     for seed in seeds:
         sc = load_preset(preset)
@@ -160,6 +163,10 @@ def bench_quality(preset: str, seeds: list[int], merge_factor: float) -> dict[st
             table, rng, shape=truth.shape, pixel_size_nm=truth.pixel_size_nm, clip=False,
             merge_factor=merge_factor, **NOISE,
         )  # fmt: skip
+        # where the microscope looked in each frame (what registration measures): drift moves
+        # the field, particles at its edge step out of view and back
+        fields = truth.transforms if use_fields else None
+        dets = replace(dets, fields=fields)
         cfg = TrackConfig()
         p = params_from_config(cfg, dets)
         px, shape = dets.pixel_size_nm, dets.frame_shape
@@ -176,7 +183,8 @@ def bench_quality(preset: str, seeds: list[int], merge_factor: float) -> dict[st
         for f in range(dets.n_frames):
             r = dets.rows(f)
             c = ot.update(dets.xy[r, 0], dets.xy[r, 1], diameter_nm=dets.diameter_nm[r],
-                          intensity=dets.intensity[r], score=dets.score[r])  # fmt: skip
+                          intensity=dets.intensity[r], score=dets.score[r],
+                          field=None if fields is None else fields[f])  # fmt: skip
             commits += [c] if c else []
         commits += ot.finish()
         online = TrackTable.concat([c.tracks for c in commits])
@@ -203,7 +211,8 @@ def bench_quality(preset: str, seeds: list[int], merge_factor: float) -> dict[st
             if isinstance(sel[0][k], float) and k not in ("seed",)
         }
     return {"preset": preset, "seeds": seeds, "merge_factor": merge_factor,
-            "detections": NOISE, "runs": rows_out, "mean": means}  # fmt: skip
+            "detections": NOISE, "fields": use_fields, "runs": rows_out,
+            "mean": means}  # fmt: skip
 
 
 def main() -> None:
@@ -218,6 +227,11 @@ def main() -> None:
         type=float,
         default=0.8,
         help="overlapping particles closer than this × the sum of radii are one blob",
+    )
+    ap.add_argument(
+        "--no-fields",
+        action="store_true",
+        help="do not tell the tracker where each frame's field lies (registration transforms)",
     )
     ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
     args = ap.parse_args()
@@ -234,9 +248,10 @@ def main() -> None:
                           ((150, 100), (300, 100), (600, 100), (300, 200), (300, 300))]  # fmt: skip
     if args.quality:
         seeds = list(range(args.seeds))
-        out["quality"] = [bench_quality("table1", seeds, args.merge_factor)]
+        fields = not args.no_fields
+        out["quality"] = [bench_quality("table1", seeds, args.merge_factor, fields)]
         if args.dense:
-            out["quality"].append(bench_quality("dense", seeds[:2], args.merge_factor))
+            out["quality"].append(bench_quality("dense", seeds[:2], args.merge_factor, fields))
     text = json.dumps(out, indent=2)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")

@@ -81,5 +81,5 @@ def track_detections(
     sol = optimize(detections, config=config, params=p, init=init)
     order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
     ids = {tid: k for k, tid in enumerate(order)}
-    table = solution_to_table(sol, detections, ids=ids)
+    table = solution_to_table(sol, detections, ids=ids, params=p)
     return TrackResult(table, find_events(sol, detections, p, ids=ids), sol, p)

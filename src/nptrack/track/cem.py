@@ -285,7 +285,7 @@ class Mover:
             return endpoint_energy(
                 tracks, self.p, children={f.child for f in fus},
                 parents={q for f in fus for q in f.parents}, first_frame=sol.first_frame,
-                last_frame=sol.last_frame, diameters=diam,
+                last_frame=sol.last_frame, diameters=diam, dets=self.dets,
             )  # fmt: skip
 
         win = (lo + 2, hi - 2)

@@ -54,6 +54,7 @@ __all__ = [
     "Track",
     "endpoint_energy",
     "energy",
+    "field_border",
     "group_median",
     "pack",
 ]
@@ -78,6 +79,11 @@ class Detections:
     pixel_size_nm : float
     frame_shape : (height, width) in px, or None when the field is unknown.
     n_frames : int
+    fields : ndarray, shape (n_frames, 2, 3), optional
+        Where the microscope looked in each frame: the affine map from that frame's pixels to
+        frame-0 pixels (``x0 = a11 x + a12 y + tx``, ``y0 = a21 x + a22 y + ty``, as the
+        registration measures it). The field of frame t is its ``frame_shape`` rectangle
+        mapped by ``fields[t]``; without it every frame sees frame 0's field.
     """
 
     frame: NDArray[np.int64]
@@ -89,6 +95,7 @@ class Detections:
     pixel_size_nm: float
     frame_shape: tuple[int, int] | None
     n_frames: int
+    fields: NDArray[np.float64] | None = None
 
     @classmethod
     def from_arrays(
@@ -104,6 +111,7 @@ class Detections:
         det_id: ArrayLike | None = None,
         frame_shape: tuple[int, int] | None = None,
         n_frames: int | None = None,
+        fields: ArrayLike | None = None,
     ) -> Detections:
         """Detections from column arrays (any order); missing scores are 1, ids are row numbers."""
         f = np.asarray(frame, dtype=np.int64).ravel()
@@ -130,6 +138,7 @@ class Detections:
             pixel_size_nm=float(pixel_size_nm),
             frame_shape=None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1])),
             n_frames=max(nf, int(n_frames or 0)),
+            fields=None if fields is None else np.asarray(fields, dtype=float).reshape(-1, 2, 3),
         )
 
     def __len__(self) -> int:
@@ -152,11 +161,62 @@ class Detections:
         """3-D tree over (x, y, frame·FRAME_SEP): neighbour queries never cross frames."""
         return cKDTree(np.column_stack([self.xy, self.frame * FRAME_SEP]))
 
+    @cached_property
+    def _field_inverse(self) -> tuple[NDArray[np.float64], NDArray[np.float64]] | None:
+        if self.fields is None or not len(self.fields):
+            return None
+        return np.linalg.inv(self.fields[:, :, :2]), self.fields[:, :, 2].copy()
+
+    def field_border(
+        self, xy: ArrayLike, frames: ArrayLike, shape: tuple[int, int] | None = None
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Signed distance (px) of frame-0 points to the edge of the field seen in `frames`.
+
+        Positive inside the field, negative outside (a particle there is out of view; the
+        field's edges are the centres of its outer pixels). Also returns, per point, the
+        gradient of that distance with respect to (x, y), shape (N, 2). `shape` stands in
+        for a missing `frame_shape`; infinite without either.
+        """
+        return field_border(xy, frames, self.fields, self.frame_shape or shape, self._field_inverse)
+
+    def in_view(self, xy: ArrayLike, frames: ArrayLike) -> NDArray[np.bool_]:
+        """Whether frame-0 points lie in the field seen in `frames` (half a pixel margin)."""
+        return self.field_border(xy, frames)[0] >= -0.5
+
     def rows(self, t: int) -> slice:
         """Slice of the rows in frame `t`."""
         if t < 0 or t >= self.n_frames:
             return slice(0, 0)
         return slice(int(self.offsets[t]), int(self.offsets[t + 1]))
+
+
+def field_border(
+    xy: ArrayLike,
+    frames: ArrayLike,
+    fields: NDArray[np.float64] | None,
+    shape: tuple[int, int] | None,
+    inverse: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Signed distance (px) of frame-0 points to the edge of the field of `frames`, and its
+    gradient w.r.t. (x, y) (see `Detections.field_border`; `fields` as in `Detections`)."""
+    xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+    n = xy.shape[0]
+    if shape is None:
+        return np.full(n, np.inf), np.zeros((n, 2))
+    h, w = shape
+    if inverse is None and fields is not None and len(fields):
+        inverse = np.linalg.inv(fields[:, :, :2]), fields[:, :, 2]
+    if inverse is None:
+        q = xy
+        jac = np.broadcast_to(np.eye(2), (n, 2, 2))
+    else:
+        f = np.clip(np.asarray(frames, dtype=np.int64).reshape(-1), 0, len(inverse[0]) - 1)
+        jac = inverse[0][f]
+        q = np.einsum("nij,nj->ni", jac, xy - inverse[1][f])
+    cand = np.column_stack([q[:, 0], q[:, 1], w - 1 - q[:, 0], h - 1 - q[:, 1]])
+    j = np.argmin(cand, axis=1)
+    sign = np.where(j < 2, 1.0, -1.0)[:, None]
+    return cand[np.arange(n), j], sign * jac[np.arange(n), j % 2]
 
 
 @dataclass(eq=False)
@@ -501,19 +561,14 @@ class Packed:
             if p.frame_shape is None:
                 terms["persistence"] = w * float(self.per_a.sum())
             else:
-                pts = xy[self.per_p]
-                h, wd = p.frame_shape
-                cand = np.column_stack(
-                    [pts[:, 0], pts[:, 1], wd - 1 - pts[:, 0], h - 1 - pts[:, 1]]
-                )
-                j = np.argmin(cand, axis=1)
-                bd = np.maximum(cand[np.arange(j.size), j], 0.0)
+                # distance to the border of the field seen in that frame
+                b, db = self.dets.field_border(xy[self.per_p], self.t[self.per_p], p.frame_shape)
+                bd = np.maximum(b, 0.0)
                 b02 = p.border_margin_px**2
                 ex = np.exp(-bd * bd / b02)
                 terms["persistence"] = w * float((self.per_a * (1.0 - ex)).sum())
                 dpdb = w * self.per_a * 2.0 * bd / b02 * ex
-                sign = np.array([1.0, 1.0, -1.0, -1.0])[j]
-                add(gxy, (self.per_p, np.array([0, 1, 0, 1])[j]), dpdb * sign)
+                add(gxy, self.per_p, dpdb[:, None] * db)
 
         terms["regularisation"] = p.weight_regularisation * self.reg
         terms["persistence"] += p.weight_persistence * p.fusion_cost * self.n_fusions
@@ -640,22 +695,26 @@ def endpoint_energy(
     first_frame: int,
     last_frame: int,
     diameters: dict[int, float],
+    dets: Detections | None = None,
 ) -> float:
     """Weighted persistence + regularisation of whole tracks (as `Packed.energy` counts them).
 
     Lets a move be judged on a window of frames around what it changes while the terms that
-    depend on whole tracks (their ends, their length) stay exact.
+    depend on whole tracks (their ends, their length) stay exact. With `dets`, border
+    distances are to the field seen in each end's frame (`Detections.field_border`).
     """
-    pts, a = [], []
+    pts, a, fr = [], [], []
     reg = 0.0
     for t in tracks:
         sf = float(params.size_factor(diameters.get(t.id, params.reference_diameter_nm)))
         if t.start > first_frame and t.id not in children:
             pts.append(t.xy[0])
             a.append(sf)
+            fr.append(t.start)
         if t.end < last_frame and t.id not in parents:
             pts.append(t.xy[-1])
             a.append(sf)
+            fr.append(t.end)
         reg += (0.0 if t.id in children else 1.0) + 1.0 / t.n
     per = params.fusion_cost * len(children)
     if pts:
@@ -664,8 +723,12 @@ def endpoint_energy(
             per += float(aa.sum())
         else:
             xy = np.array(pts)
-            h, w = params.frame_shape
-            bd = np.maximum(np.min(np.column_stack([xy, w - 1 - xy[:, 0], h - 1 - xy[:, 1]]), 1), 0)
+            if dets is not None:
+                bd = np.maximum(dets.field_border(xy, fr, params.frame_shape)[0], 0.0)
+            else:
+                h, w = params.frame_shape
+                cand = np.column_stack([xy, w - 1 - xy[:, 0], h - 1 - xy[:, 1]])
+                bd = np.maximum(np.min(cand, 1), 0)
             per += float((aa * (1.0 - np.exp(-bd * bd / params.border_margin_px**2))).sum())
     return params.weight_persistence * per + params.weight_regularisation * reg
 
@@ -876,7 +939,8 @@ def pack(
         det_g=det_g,
         partner=partner,
         sup_w=sup_w,
-        n_lambda=int(focus_pt.sum()),
+        # Milan's λ prices a point that explains no detection: not one out of view
+        n_lambda=int((focus_pt & dets.in_view(xy, t)).sum()) if P else 0,
         steps=steps,
         step_k=step_k,
         drift_k=params.drift_k(tr_d[tix[a]]),

@@ -31,6 +31,7 @@ __all__ = [
     "events_to_columns",
     "find_events",
     "infer_fusions",
+    "out_of_view",
     "solution_to_table",
 ]
 
@@ -95,12 +96,53 @@ def _diameters(t: Track, dets: Detections, shared: NDArray[np.bool_]) -> NDArray
     return np.interp(np.arange(t.n), idx, dets.diameter_nm[t.det[idx]])
 
 
+def out_of_view(
+    t: Track, dets: Detections, params: EnergyParams | None, diameter_nm: float
+) -> NDArray[np.bool_]:
+    """Interpolated points of t that were more likely out of view than missed.
+
+    A detector misses a particle in view rarely; a particle near the edge of the field steps
+    out of it easily. Between two detections the particle's position is uncertain by the
+    Brownian bridge, σ² = σ_step²(d)·k(n − k)/n + σ_loc² at the k-th of n steps (or σ_step²·k
+    past the last detection); a point closer than 2σ to the edge of the field seen in its
+    frame (`Detections.field_border`) is taken as out of view (its probability of being in
+    view is below ~98 %: less than a miss explains). Without `params`, only points outside
+    the field.
+    """
+    miss = t.det < 0
+    out = np.zeros(t.n, bool)
+    if not miss.any() or dets.frame_shape is None:
+        return out
+    idx = np.flatnonzero(miss)
+    b = dets.field_border(t.xy[idx], t.start + idx)[0]
+    if params is None:
+        out[idx] = b < -0.5
+        return out
+    obs = np.flatnonzero(~miss)
+    prev = np.searchsorted(obs, idx) - 1
+    k = np.where(prev >= 0, idx - obs[np.maximum(prev, 0)], idx + 1).astype(float)
+    nxt = prev + 1
+    has_next = nxt < obs.size
+    n = np.where(has_next, obs[np.minimum(nxt, obs.size - 1)] - idx + k, np.inf)
+    frac = np.where(has_next, k * (n - k) / np.where(has_next, n, 1.0), k)
+    var = float(params.step_var(diameter_nm)) * frac + params.localisation_px**2
+    out[idx] = b < 2.0 * np.sqrt(var)
+    return out
+
+
 def solution_to_table(
-    sol: Solution, dets: Detections, *, ids: Mapping[int, int] | None = None
+    sol: Solution,
+    dets: Detections,
+    *,
+    ids: Mapping[int, int] | None = None,
+    params: EnergyParams | None = None,
 ) -> TrackTable:
     """tracks.csv rows of a solution, sorted by frame then track id.
 
-    `ids` maps internal track ids to the ids to write (default: unchanged).
+    `ids` maps internal track ids to the ids to write (default: unchanged). Interpolated
+    points that were more likely out of view than missed (`out_of_view`; with `params`, by
+    the positional uncertainty of the gap, else only points outside the field) are not
+    written: the particle stepped out of the field there.
     """
     trs = sorted(sol.tracks.values(), key=lambda t: (t.start, t.id))
     if not trs:
@@ -111,6 +153,10 @@ def solution_to_table(
     for t in trs:
         shared = (t.det >= 0) & (counts[np.maximum(t.det, 0)] > 1)
         obs = t.det >= 0
+        own = obs & ~shared
+        d = float(np.median(dets.diameter_nm[t.det[own]])) if own.any() else np.nan
+        d = d if np.isfinite(d) else (params.reference_diameter_nm if params else 1.0)
+        seen = ~out_of_view(t, dets, params, d)
         parts.append(
             TrackTable(
                 frame=np.arange(t.start, t.end + 1, dtype=np.int64),
@@ -121,7 +167,7 @@ def solution_to_table(
                 intensity=np.exp(t.u),
                 det_id=np.where(obs, dets.det_id[np.maximum(t.det, 0)], -1).astype(np.int64),
                 state=np.where(obs, "observed", "interpolated").astype(object),
-            )
+            ).select(seen)
         )
     tab = TrackTable.concat(parts)
     return tab.select(np.lexsort((tab.track_id, tab.frame)))

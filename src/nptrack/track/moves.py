@@ -149,6 +149,7 @@ def gen_merge(mv: Mover) -> Iterator[list[Move]]:
         c = _blob_partner(mv, a)
         slack = 0.0 if c is None else _touch_px(mv, mv.diam[a.id], mv.diam[c.id])
         ok = (gap >= 1) & (gap <= p.max_gap_frames + 1)
+        ok |= _out_of_view_gap(mv, a, gap, h_xy, h_t)
         ok &= d <= mv.reach_px(mv.diam[a.id], np.maximum(gap, 1)) + slack
         ok &= np.abs(h_u - a.u[-1]) < 4.0 * p.intensity_tolerance + 0.3
         group = []
@@ -173,6 +174,32 @@ def gen_merge(mv: Mover) -> Iterator[list[Move]]:
             )  # fmt: skip
         if group:
             yield group
+
+
+def _out_of_view_gap(
+    mv: Mover, a: Track, gap: NDArray[np.int64], h_xy: NDArray[np.float64], h_t: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """Heads reached across a longer gap in which A was out of view (it left the field).
+
+    A missed detection is rare, a particle that steps out of the field near its edge is not
+    seen until it steps back in: frames whose interpolated position lies outside the field
+    (`Detections.in_view`) do not count towards `max_gap_frames`.
+    """
+    p, dets = mv.p, mv.dets
+    out = np.zeros(gap.size, bool)
+    if dets.frame_shape is None:
+        return out
+    near = dets.field_border(a.xy[-1:], [a.end])[0][0] < p.border_margin_px
+    cand = np.flatnonzero((gap > p.max_gap_frames + 1) & (gap <= 4 * (p.max_gap_frames + 1)))
+    if not near or not cand.size:
+        return out
+    for j in cand:
+        k = int(gap[j])
+        w = (np.arange(1, k) / k)[:, None]
+        pts = a.xy[-1] + w * (h_xy[j] - a.xy[-1])
+        hidden = int((~dets.in_view(pts, a.end + np.arange(1, k))).sum())
+        out[j] = k - hidden <= p.max_gap_frames + 1
+    return out
 
 
 def _blob_partner(mv: Mover, a: Track) -> Track | None:

@@ -19,7 +19,13 @@ from scipy.spatial import cKDTree
 
 from nptrack.config import TrackConfig
 from nptrack.track.cem import Mover, assign_detections, optimize, params_from_config, refine
-from nptrack.track.energy import Detections, EnergyParams, Fusion, Solution, Track
+from nptrack.track.energy import (
+    Detections,
+    EnergyParams,
+    Fusion,
+    Solution,
+    Track,
+)
 from nptrack.track.events import (
     Event,
     TrackTable,
@@ -27,6 +33,7 @@ from nptrack.track.events import (
     _fusion_detail,
     empty_table,
     find_events,
+    out_of_view,
     solution_to_table,
 )
 from nptrack.track.initial import _link_var, solve_lap
@@ -79,6 +86,7 @@ class OnlineTracker:
         self._fixed_params = params is not None
         self._buf = np.zeros((1024, 6))  # x, y, diameter, intensity, score, det_id
         self._offsets = [0]
+        self._fields: list[np.ndarray | None] = []
         self.sol = Solution(first_frame=0, last_frame=-1, frozen_until=-1)
         self.params = params or params_from_config(self.cfg, self._dets(0, -1), estimate=False)
         self._names: dict[int, int] = {}
@@ -113,7 +121,16 @@ class OnlineTracker:
             pixel_size_nm=self.pixel_size_nm,
             frame_shape=self.frame_shape,
             n_frames=f1 + 1,
+            fields=self._field_stack(f1),
         )
+
+    def _field_stack(self, f1: int) -> np.ndarray | None:
+        """Fields of frames 0..f1 (frame 0's where one was not given), or None if none was."""
+        given = self._fields[: f1 + 1]
+        if all(f is None for f in given):
+            return None
+        eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        return np.stack([eye if f is None else f for f in given])
 
     @property
     def detections(self) -> Detections:
@@ -130,8 +147,13 @@ class OnlineTracker:
         intensity: ArrayLike,
         score: ArrayLike | None = None,
         det_id: ArrayLike | None = None,
+        field: ArrayLike | None = None,
     ) -> Commit | None:
-        """Add the detections of the next frame; returns the frame committed now, if any."""
+        """Add the detections of the next frame; returns the frame committed now, if any.
+
+        `field` (2 × 3): where the microscope looked in this frame, the affine map from its
+        pixels to frame-0 pixels (see `Detections`); by default frame 0's field.
+        """
         x = np.asarray(x, float).ravel()
         n = x.size
         self.t += 1
@@ -152,6 +174,7 @@ class OnlineTracker:
             ]
         )
         self._offsets.append(base + n)
+        self._fields.append(None if field is None else np.asarray(field, float).reshape(2, 3))
         if not self._fixed_params and t == self.W + 10:
             self.params = params_from_config(self.cfg, self._dets(0, t))
         self._step(t)
@@ -436,6 +459,17 @@ class OnlineTracker:
         )
         if not len(alive):
             table = empty_table()
+        elif (~obs).any():  # interpolated points more likely out of view than missed
+            view = Detections.from_arrays(
+                [], [], [], diameter_nm=[], intensity=[], pixel_size_nm=self.pixel_size_nm,
+                frame_shape=self.frame_shape, n_frames=self.t + 1,
+                fields=self._field_stack(self.t),
+            )  # fmt: skip
+            seen = obs.copy()
+            for i in np.flatnonzero(~obs):
+                tr = alive[i].cut(c - self.W, alive[i].end)
+                seen[i] = not out_of_view(tr, view, self.params, diam[i])[c - tr.start]
+            table = table.select(seen)
         events = self._events(c)
         self._archive_before(c - self.W - 2)
         return Commit(c, table, events)
@@ -557,4 +591,5 @@ class OnlineTracker:
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
         order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
         ids = {tid: k for k, tid in enumerate(order)}
-        return solution_to_table(sol, dets, ids=ids), find_events(sol, dets, p, ids=ids)
+        table = solution_to_table(sol, dets, ids=ids, params=p)
+        return table, find_events(sol, dets, p, ids=ids)
