@@ -311,6 +311,7 @@ def split_watershed(
     h_px: float = 1.0,
     image: np.ndarray | None = None,
     intensity_h: float = 0.0,
+    smooth_px: float = 1.0,
 ) -> SplitResult:
     """Separate touching particles by a watershed seeded at ultimate eroded points.
 
@@ -321,11 +322,15 @@ def split_watershed(
     h_px : float
         Minimum dynamic (px) of a distance-transform maximum to seed its own particle.
     image : ndarray of float, shape (H, W), optional
-        The (smoothed) frame with particles positive (bright-field frames negated).
+        The frame, particles brighter than the support. It is smoothed by a Gaussian of
+        `smooth_px` around each region that has several distance maxima (the values of smoothing the
+        whole frame, to float rounding).
     intensity_h : float
         A distance maximum of lower dynamic than `h_px` still seeds its own particle when
-        `image` rises at least this far above its highest pass between the two basins, on
-        both sides (units of `image`; 0: distance only).
+        the smoothed `image` rises at least this far above its highest pass between the two
+        basins, on both sides (units of `image`; 0: distance only).
+    smooth_px : float
+        Sigma of that Gaussian (px).
 
     Returns
     -------
@@ -339,10 +344,24 @@ def split_watershed(
         crop = None
         if image is not None and intensity_h > 0:
             crop = np.zeros(region.shape, np.float32)  # padded by 1 px, as the region
-            crop[1:-1, 1:-1] = image[slices[i]]
+            crop[1:-1, 1:-1] = _smoothed_crop(image, slices[i], smooth_px)
         merged = _merge_shallow_basins(basins, peaks, dist, h_px, crop, intensity_h)
         pieces[i] = (slices[i], merged.astype(np.int32))
     return _assemble(lab, len(slices), pieces)
+
+
+def _smoothed_crop(image: np.ndarray, sl: tuple[slice, slice], sigma_px: float) -> np.ndarray:
+    """``GaussianBlur(image)[sl]`` computed on the crop and a margin of the kernel's radius."""
+    if sigma_px <= 0:
+        return np.asarray(image[sl], dtype=np.float32)
+    h, w = image.shape
+    k = round(sigma_px * 8 + 1) | 1  # OpenCV's kernel size for float images
+    m = k // 2
+    r0, r1 = max(sl[0].start - m, 0), min(sl[0].stop + m, h)
+    c0, c1 = max(sl[1].start - m, 0), min(sl[1].stop + m, w)
+    part = np.ascontiguousarray(image[r0:r1, c0:c1], dtype=np.float32)
+    smooth = cv2.GaussianBlur(part, (k, k), sigma_px)
+    return smooth[sl[0].start - r0 : sl[0].stop - r0, sl[1].start - c0 : sl[1].stop - c0]
 
 
 _STEP_PX = 0.5  # erosion step: pieces are caught just after their neck breaks
