@@ -90,3 +90,30 @@ def test_tracker_input_drops_low_scores_and_keeps_masses_positive() -> None:
     )  # fmt: skip
     np.testing.assert_array_equal(cols["det_id"], [0, 1, 2])
     assert (cols["intensity"] > 0).all() and cols["intensity"][0] == 10.0
+
+
+def test_each_frames_registration_reaches_the_tracker_as_its_field(truth, tmp_path: Path) -> None:
+    from nptrack.pipeline.store import frame_record
+    from nptrack.pipeline.tracking import stack_fields
+
+    frames = _frames(truth)[:4]
+    shifts = [(0.0, 0.0), (1.5, -0.5), (3.0, -1.0), (4.5, -1.5)]
+    with SessionStore(tmp_path) as store:
+        tracker = SessionTracker(store, TrackConfig(), pixel_size_nm=PIXEL_NM,
+                                 frame_shape=(256, 256), background=False)  # fmt: skip
+        for k, (dets, (tx, ty)) in enumerate(zip(frames, shifts, strict=True)):
+            matrix = np.array([[1.0, 0.002, tx], [-0.002, 1.0, ty]])
+            status = "failed" if k == 2 else "ok"  # a failed frame's affine is a placeholder
+            row = frame_record(
+                frame=k, time_s=None, source=f"f{k}.tif", pixel_size_nm=None,
+                matrix=matrix, reg_cc=0.9, status=status, shape=(256, 256),
+            )  # fmt: skip
+            store.add_frame(row, {} if status == "failed" else dets)
+            tracker.update(k, {} if status == "failed" else dets)
+        fields = tracker._args()[1]["fields"]  # what the global re-optimisation is given
+        assert fields.shape == (4, 2, 3)
+        np.testing.assert_allclose(fields[[0, 1, 3], :, 2], np.array(shifts)[[0, 1, 3]])
+        np.testing.assert_allclose(fields[1, :, :2], [[1.0, 0.002], [-0.002, 1.0]])
+        np.testing.assert_array_equal(fields[2], [[1, 0, 0], [0, 1, 0]])  # frame 0's field
+        assert tracker.finish() is not None
+    assert stack_fields([None, None]) is None  # no frame known: the tracker's default

@@ -440,7 +440,7 @@ def reoptimize_session(
     -------
     (version, exported paths)
     """
-    from nptrack.pipeline.tracking import global_tracks
+    from nptrack.pipeline.tracking import frame_field, global_tracks, stack_fields
 
     session_dir = Path(session_dir)
     if not (session_dir / "session.sqlite").is_file():
@@ -470,6 +470,7 @@ def reoptimize_session(
             frame_shape=(first["height"], first["width"]),
             n_frames=len(frames),
             config=config.track.model_dump(),
+            fields=stack_fields(frame_field(r) for r in store.frames()),
         )
         version = store.add_tracks(rows, events, kind="global", last_frame=len(frames) - 1)
         store.set_meta("reoptimize_s", round(time.monotonic() - t0, 3))

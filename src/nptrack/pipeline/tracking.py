@@ -27,7 +27,15 @@ from nptrack.config import TrackConfig
 from nptrack.pipeline.store import SessionStore
 from nptrack.track import Detections, Event, OnlineTracker, TrackTable, track_detections
 
-__all__ = ["SessionTracker", "event_rows", "global_tracks", "table_rows", "tracker_input"]
+__all__ = [
+    "SessionTracker",
+    "event_rows",
+    "frame_field",
+    "global_tracks",
+    "stack_fields",
+    "table_rows",
+    "tracker_input",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ def global_tracks(
     frame_shape: tuple[int, int] | None,
     n_frames: int,
     config: dict[str, Any],
+    fields: np.ndarray | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Global CEM over a whole series: (tracks rows, events rows).
 
@@ -77,6 +86,10 @@ def global_tracks(
         Frames of the series (frames without detections count).
     config : dict
         `TrackConfig` fields.
+    fields : ndarray, shape (n_frames, 2, 3), optional
+        Each frame's registration affine (acquired px -> frame-0 px): where that frame's
+        field of view lies in frame-0 coordinates (the tracker does not write interpolated
+        points that were out of view). None: every frame sees frame 0's field.
     """
     cfg = TrackConfig.model_validate(config)
     if not len(columns["frame"]):
@@ -92,6 +105,7 @@ def global_tracks(
         pixel_size_nm=pixel_size_nm,
         frame_shape=frame_shape,
         n_frames=n_frames,
+        fields=fields,
     )
     result = track_detections(dets, config=cfg)
     return table_rows(result.tracks), event_rows(result.events)
@@ -123,6 +137,30 @@ def tracker_input(
     out["intensity"] = np.maximum(out["intensity"], floor)
     out["diameter_nm"] = np.nan_to_num(out["diameter_nm"], nan=1.0)
     return out
+
+
+def frame_field(row: Mapping[str, Any] | None) -> np.ndarray | None:
+    """A stored frame row's registration affine (acquired px -> frame-0 px), shape (2, 3).
+
+    None for a missing row or a failed frame (its affine is a placeholder).
+    """
+    if row is None or row.get("status") == "failed" or row.get("a11") is None:
+        return None
+    return np.array(
+        [[row["a11"], row["a12"], row["tx"]], [row["a21"], row["a22"], row["ty"]]], dtype=float
+    )
+
+
+def stack_fields(fields: Iterable[np.ndarray | None]) -> np.ndarray | None:
+    """Per-frame fields of view for the tracker, shape (n_frames, 2, 3).
+
+    Frames without one get frame 0's field (the identity); None when no frame has one.
+    """
+    fields = list(fields)
+    if all(f is None for f in fields):
+        return None
+    eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    return np.stack([eye if f is None else np.asarray(f, dtype=float) for f in fields])
 
 
 def _lower_priority() -> None:
@@ -178,6 +216,7 @@ class SessionTracker:
         self.on_version = on_version
         self.on_commit = on_commit
         self._columns: dict[str, list[np.ndarray]] = {k: [] for k in ("frame", *_TRACK_INPUT)}
+        self._fields: list[np.ndarray | None] = []  # each frame's registration affine
         self._n_frames = 0
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
@@ -220,6 +259,8 @@ class SessionTracker:
         self._columns["frame"].append(np.full(len(cols["x"]), frame, dtype=np.int64))
         for k in _TRACK_INPUT:
             self._columns[k].append(cols[k])
+        field = self._field_of(frame)
+        self._fields.append(field)
         self._n_frames += 1
         commit = self.online.update(
             cols["x"],
@@ -228,11 +269,20 @@ class SessionTracker:
             intensity=cols["intensity"],
             score=cols["score"],
             det_id=cols["det_id"].astype(np.int64),
+            field=field,
         )
         if commit is not None:
             rows, events = self._store_commits([commit])
             if self.on_commit is not None and not replaying:
                 self.on_commit(rows, events)
+
+    def _field_of(self, frame: int) -> np.ndarray | None:
+        """The registration affine of `frame` (its row is stored before it is tracked)."""
+        return frame_field(self.store.frame_row(frame))
+
+    def fields(self) -> np.ndarray | None:
+        """The fields of all frames fed so far (see `stack_fields`)."""
+        return stack_fields(self._fields)
 
     def _store_commits(
         self, commits: list[Any]
@@ -259,6 +309,7 @@ class SessionTracker:
             "frame_shape": self.frame_shape,
             "n_frames": self._n_frames,
             "config": self.config.model_dump(),
+            "fields": self.fields(),
         }
 
     def _submit(self) -> None:
