@@ -197,7 +197,8 @@ def count_columns(
         Per column (M,): ``intensity``, ``intensity_sd`` (image units × px), ``background``
         (image units), ``occupancy_count`` (int >= 1), ``count_confidence`` (in [0, 1]: 1 on
         an integer of ``I / u``, 0 half-way), ``occupancy`` and ``confidence`` (by `method`;
-        for "combined" the posterior probability of the chosen occupancy). Per frame:
+        for "combined" the posterior probability of the chosen occupancy, and
+        ``log_posterior``, shape (M, K)). Per frame:
         ``unit``, ``prior_unit``, ``comb_z`` (float) and ``from_comb`` (bool).
     """
     xy = np.asarray(xy_px, float).reshape(-1, 2)
@@ -242,7 +243,9 @@ def assign_occupancy(
     """Occupancies from integrated intensities and a unit (see :func:`count_columns`).
 
     Returns ``occupancy_count``, ``count_confidence``, ``occupancy`` and ``confidence``
-    (shape (M,) each).
+    (shape (M,) each); for "combined" also ``log_posterior`` (M, K): the log of the
+    normalised posterior over occupancies 1..K (the input of the shape prior,
+    :mod:`nptrack.segment.columns_shape`).
     """
     i_col = np.asarray(intensity, np.float64)
     m = len(i_col)
@@ -266,6 +269,9 @@ def assign_occupancy(
     s = np.maximum(sd_scale * np.asarray(intensity_sd, np.float64), 1e-12 * abs(unit))[:, None]
     # Posterior over k: the network's belief times the Gaussian counting likelihood.
     logp = np.log(np.maximum(probs, 1e-6)) - (i_col[:, None] - k * unit) ** 2 / (2 * s**2)
-    post = np.exp(logp - logp.max(axis=1, keepdims=True))
-    post /= post.sum(axis=1, keepdims=True)
-    return {**out, "occupancy": k[post.argmax(axis=1)], "confidence": post.max(axis=1)}
+    logp = logp - logp.max(axis=1, keepdims=True)
+    post = np.exp(logp)
+    norm = post.sum(axis=1, keepdims=True)
+    post /= norm
+    return {**out, "occupancy": k[post.argmax(axis=1)], "confidence": post.max(axis=1),
+            "log_posterior": logp - np.log(norm)}  # fmt: skip
