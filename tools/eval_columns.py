@@ -22,6 +22,13 @@ frames whose estimated unit is within 2 % of that fit. Timing adds ``count_colum
 1024² frame. ``--series N``: N simulated series per SNR (a particle whose surface atoms come
 and go), occupancy with the unit of each frame vs one unit pooled over the series.
 
+``shape_*``: ``nptrack columns --occupancy shape``, the counting posterior with the 3D
+shape prior of :mod:`nptrack.segment.columns_shape` (a convex {111} / {100} faceted particle
+of the frame's crystal fitted to all columns; `combined` where it falls back);
+``shape_fitted`` is the share of scored columns whose occupancy came from a fitted shape.
+Timing adds the shape step on the 1024² frame and on a frame of 4 × 4 particles tiled from
+256² frames (a 1024² frame full of columns), and per particle.
+
 ``oracle_*``: the occupancy a maximum-likelihood counter gets that knows every column's
 position, the support and the exact spot of one atom (Poisson likelihood of the pixels within
 1.5 probe sd of the centre for occupancies 1..K): the ceiling set by the shot noise at that
@@ -38,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from nptrack.segment.columns_count import assign_occupancy, count_columns, estimate_unit
+from nptrack.segment.columns_frame import apply_shape_prior
 from nptrack.segment.columns_infer import (
     ColumnSegmenter,
     default_min_area_px,
@@ -60,6 +68,11 @@ def _inside(x: np.ndarray, y: np.ndarray, shape: tuple[int, int], margin: float)
     return (
         (x >= margin) & (y >= margin) & (x <= shape[1] - 1 - margin) & (y <= shape[0] - 1 - margin)
     )
+
+
+def crystal_of(im, cfg) -> str:
+    """CRYSTALS key of a simulated frame (the eval configs hold one crystal)."""
+    return str(cfg.crystals[0])
 
 
 def oracle_counts(im, k: int, radius_px: float) -> np.ndarray:
@@ -96,7 +109,9 @@ def evaluate(
     rng = np.random.default_rng([seed, int(1000 * (snr or 0))])
     k = seg.n_classes
     tp = fp = fn = o_exact = o_within1 = o_n = 0
-    methods = ("net", "count", "combined", "count_true_unit")
+    methods = ("net", "count", "combined", "shape", "count_true_unit")
+    shape_fitted: list[np.ndarray] = []
+    shape_ms: list[float] = []
     errors: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     unit_ok: list[bool] = []
     spacing = min(column_spacing_A(CRYSTALS[c]) for c in cfg.crystals)
@@ -141,10 +156,19 @@ def evaluate(
         u_true = float(np.sum(i_col * t) / max(np.sum(t * t), 1))
         if len(t):
             unit_ok.append(abs(float(cnt["unit"]) / u_true - 1) < 0.02)
+        cols = {**pred, "intensity": cnt["intensity"], "intensity_sd": cnt["intensity_sd"]}
+        t0 = time.perf_counter()
+        apply_shape_prior(
+            cols, frame_shape=im.image.shape, pixel_size_A=im.pixel_size_A,
+            crystal=CRYSTALS[crystal_of(im, cfg)], unit=float(cnt["unit"]),
+        )  # fmt: skip
+        shape_ms.append(1000 * (time.perf_counter() - t0))
+        shape_fitted.append(np.asarray(cols["shape_used"])[sel])
         occ = {
             "net": pred["occupancy"][sel],
             "count": np.asarray(cnt["occupancy_count"])[sel],
             "combined": np.asarray(cnt["occupancy"])[sel],
+            "shape": np.asarray(cols["occupancy"])[sel],
             "count_true_unit": np.maximum(np.round(i_col / u_true), 1) if u_true > 0 else t * 0,
         }
         for m in methods:
@@ -155,7 +179,7 @@ def evaluate(
         d = np.concatenate(errors[m]) if errors[m] else np.zeros(0, int)
         scores[f"{m}_exact"] = round(float(np.mean(d == 0)), 4) if len(d) else None
         scores[f"{m}_within1"] = round(float(np.mean(np.abs(d) <= 1)), 4) if len(d) else None
-        if m in ("net", "combined"):
+        if m in ("net", "combined", "shape"):
             vals, counts = np.unique(d, return_counts=True)
             scores[f"{m}_error_histogram"] = {
                 int(v): int(c) for v, c in zip(vals, counts, strict=True)
@@ -172,6 +196,10 @@ def evaluate(
         "f1": round(f1, 4),
         **scores,
         "unit_within_2pct": round(float(np.mean(unit_ok)), 4) if unit_ok else None,
+        "shape_fitted": round(float(np.mean(np.concatenate(shape_fitted))), 4)
+        if shape_fitted
+        else None,
+        "shape_ms_per_frame_median": round(float(np.median(shape_ms)), 1) if shape_ms else None,
         "oracle_exact": round(o_exact / o_n, 4) if o_n else None,
         "oracle_within1": round(o_within1 / o_n, 4) if o_n else None,
     }
@@ -196,13 +224,61 @@ def timing(seg: ColumnSegmenter, cfg, size: int, seed: int) -> dict:
         count.append(time.perf_counter() - t2)
         find.append(t2 - t1)
         times.append(t1 - t0)
+    one = _shape_step(seg, im.image, seg.pixel_size_A, spacing, cfg)
+    shape = _shape_timing(seg, cfg, size, seed, spacing)
     return {
+        "ms_shape_this_frame": round(one["ms"], 1),
+        "shape_this_frame_particles": len(one["shape"]),
+        **shape,
         "frame_px": size,
         "columns": len(cols["x"]),
         "ms_predict": round(1000 * float(np.median(times)), 1),
         "ms_find_columns": round(1000 * float(np.median(find)), 1),
         "ms_count_columns": round(1000 * float(np.median(count)), 1),
         "ms_total": round(1000 * float(np.median(np.add(np.add(times, find), count))), 1),
+    }
+
+
+def _shape_step(seg: ColumnSegmenter, image: np.ndarray, px: float, spacing: float, cfg) -> dict:
+    pred = find_columns(
+        seg.predict(image, pixel_size_A=px),
+        min_area_px=default_min_area_px(seg.metadata, px),
+    )
+    cnt = count_columns(
+        image, np.stack([pred["x"], pred["y"]], axis=1), pixel_size_A=px, spacing_A=spacing,
+        class_probability=pred["class_probability"],
+    )  # fmt: skip
+    cols = {**pred, "intensity": cnt["intensity"], "intensity_sd": cnt["intensity_sd"]}
+    t0 = time.perf_counter()
+    apply_shape_prior(
+        cols, frame_shape=image.shape, pixel_size_A=px, crystal=CRYSTALS[str(cfg.crystals[0])],
+        unit=float(cnt["unit"]),
+    )  # fmt: skip
+    cols["ms"] = 1000 * (time.perf_counter() - t0)
+    return cols
+
+
+def _shape_timing(seg: ColumnSegmenter, cfg, size: int, seed: int, spacing: float) -> dict:
+    """Shape step (after network and counting) on a frame of (size / 256)² particles tiled
+    from 256² frames at SNR 2 (one pixel size), and per fitted particle."""
+    n = max(size // 256, 1)
+    small = cfg.model_copy(update={"tile_px": 256, "empty_fraction": 0.0,
+                                   "pixel_size_range": (1.0, 1.0)})  # fmt: skip
+    rng = np.random.default_rng([seed, 99])
+    tiles = []
+    for _ in range(n * n):
+        im = column_sample(small, rng=rng, snr=2.0)
+        tiles.append(im.image / max(im.dose, 1e-12))  # one dose scale for the whole frame
+    big = np.block([[tiles[r * n + c] for c in range(n)] for r in range(n)]).astype(np.float32)
+    cols = _shape_step(seg, big, cfg.pixel_size_A, spacing, cfg)
+    fitted = [p for p in cols["shape"] if p.get("used")]
+    return {
+        "shape_tiled_frame_px": big.shape[0],
+        "shape_tiled_columns": len(cols["x"]),
+        "shape_tiled_particles": len(cols["shape"]),
+        "shape_tiled_particles_fitted": len(fitted),
+        "ms_shape_tiled_frame": round(cols["ms"], 1),
+        "ms_shape_per_particle": round(cols["ms"] / max(len(fitted), 1), 1),
     }
 
 

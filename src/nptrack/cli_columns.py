@@ -84,11 +84,15 @@ def _figures(
 @click.option("--providers", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True, help="ONNX Runtime execution providers.")  # fmt: skip
 @click.option("--no-figures", is_flag=True, help="Tables only (no depth-map / overlay PNGs).")
-@click.option("--occupancy", "method", type=click.Choice(["combined", "count", "net"]),
+@click.option("--occupancy", "method",
+              type=click.Choice(["combined", "count", "net", "shape"]),
               default="combined", show_default=True,
               help="combined: the network's class probabilities times statistical atom "
               "counting of the raw intensities; count: counting alone; net: the network "
-              "alone (the counting columns are written either way).")  # fmt: skip
+              "alone; shape: combined with a 3D shape prior (a convex particle of the "
+              "model's crystal faceted on {111} / {100}, fitted to all columns; falls back "
+              "to combined where it does not fit). The counting columns are written "
+              "either way.")  # fmt: skip
 @click.option("--pool-unit/--no-pool-unit", default=False, show_default=True,
               help="On a series: one single-atom intensity for all frames (constant dose; "
               "no better than per frame on simulated series).")  # fmt: skip
@@ -120,7 +124,7 @@ def columns_command(
     from nptrack.io.export import write_tables
     from nptrack.io.read import read_series
     from nptrack.segment.columns_count import assign_occupancy, column_cells, estimate_unit
-    from nptrack.segment.columns_frame import columns_of_frame
+    from nptrack.segment.columns_frame import apply_shape_prior, columns_of_frame, model_crystal
     from nptrack.segment.columns_infer import ColumnSegmenter, track_columns
 
     if pixel_size_A is not None and not pixel_size_A > 0:
@@ -138,6 +142,7 @@ def columns_command(
     if spacing_A is None:
         spacing_A = float(seg.metadata.get("column_spacing_A", 3.0))
     per_frame: list[dict[str, Any]] = []
+    frame_shapes: list[tuple[int, int]] = []
     figures: list[tuple[Any, np.ndarray | None, str, str, dict[str, Any], float]] = []
     assumed = 0
     per_file: dict[str, int] = {}
@@ -160,6 +165,7 @@ def columns_command(
             cols["frame"] = np.full(len(cols["x"]), fr.index)
             cols["pixel_size_A"] = np.full(len(cols["x"]), px_A)
             per_frame.append(cols)
+            frame_shapes.append(fr.data.shape[:2])
             if not no_figures:
                 stem = f"{name}_{k}" if k or "#" in fr.source else name
                 classes = pred.classes if method == "net" else None
@@ -172,13 +178,19 @@ def columns_command(
             np.concatenate([c["intensity"] for c in per_frame]),
             prior_occupancy=np.concatenate([c["occupancy_net"] for c in per_frame]),
         )
-        for cols in per_frame:
+        for cols, shape_px in zip(per_frame, frame_shapes, strict=True):
             occ = assign_occupancy(
                 cols["intensity"], cols["intensity_sd"], pooled.unit,
-                class_probability=cols["class_probability"], method=method,  # type: ignore[arg-type]
+                class_probability=cols["class_probability"],
+                method="combined" if method == "shape" else method,  # type: ignore[arg-type]
             )  # fmt: skip
             for key in ("occupancy", "confidence", "occupancy_count"):
                 cols[key] = occ[key]
+            if method == "shape" and len(cols["x"]):
+                apply_shape_prior(
+                    cols, frame_shape=shape_px, pixel_size_A=float(cols["pixel_size_A"][0]),
+                    crystal=model_crystal(seg.metadata), unit=pooled.unit,
+                )  # fmt: skip
     # Figures after the pooled unit is known (read_series holds the frames anyway).
     for fr, classes, stem, title, cols, px_A in figures:
         if classes is None:  # depth map from the counted occupancies: label-radius discs
@@ -227,6 +239,16 @@ def columns_command(
                 "from_comb": bool(u["from_comb"]),
             }
             for u in units
+        ],
+        "shape_per_frame": None
+        if method != "shape"
+        else [
+            {
+                "particles": len(c.get("shape", [])),
+                "particles_fitted": sum(bool(p.get("used")) for p in c.get("shape", [])),
+                "columns_from_shape": int(np.sum(c.get("shape_used", []))),
+            }
+            for c in per_frame
         ],
         "unit_pooled": None
         if pooled is None

@@ -241,8 +241,9 @@ def run_column_session(
         refused).
     model_path : path-like
         The column model (ONNX, ``nptrack.task = "columns"``).
-    method : {"combined", "count", "net"}
-        How occupancy is decided (as ``nptrack columns --occupancy``).
+    method : {"combined", "count", "net", "shape"}
+        How occupancy is decided (as ``nptrack columns --occupancy``; "shape" adds the 3D
+        shape prior of the model's crystal in each detect worker).
     settings : dict, optional
         Recorded in the store (the command's options).
     pixel_size_nm : float, optional
