@@ -242,7 +242,7 @@ def _series_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--occupancy",
     "occupancy_method",
-    type=click.Choice(["combined", "count", "net"]),
+    type=click.Choice(["combined", "count", "net", "shape"]),
     default="combined",
     show_default=True,
     help="--mode columns: how occupancy is decided (as `nptrack columns --occupancy`).",
