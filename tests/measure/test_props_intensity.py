@@ -116,6 +116,24 @@ def test_choose_margin_weighs_rim_against_noise() -> None:
     assert choose_margin(-sums, counts, var, ring)[0] == 2  # no positive signal
 
 
+def test_choose_margin_counts_the_spread_of_rims() -> None:
+    # Half the particles (under the support, more blurred) lose 2 % beyond 1 px, half none:
+    # the mean rim alone (1 %) would not pay for shell 2's noise, their rms (1.4 %) does.
+    n = 40
+    rims = np.where(np.arange(n) % 2 == 0, 20.0, 0.0)
+    sums = np.stack([np.full(n, 900.0), 100.0 - rims, rims], axis=1)
+    counts = np.tile([60.0, 30.0, 30.0], (n, 1))
+    var, ring = np.full(n, 1.6), np.full(n, 100)
+    margin, error = choose_margin(sums, counts, var, ring)
+    noise1, noise2 = 1.6 * 90 * 1.9 / 1e6, 1.6 * 120 * 2.2 / 1e6
+    assert error[2] == pytest.approx(np.sqrt(noise2))
+    assert 0.01**2 + noise1 < noise2 < 0.02**2 / 2 + noise1  # mean² < rms² of the rims
+    assert margin == 2
+    # The same mean rim on every particle: the smaller margin.
+    even = np.stack([np.full(n, 900.0), np.full(n, 90.0), np.full(n, 10.0)], axis=1)
+    assert choose_margin(even, counts, var, ring)[0] == 1
+
+
 @pytest.mark.parametrize("margin", [0, 1])
 def test_small_largest_margin_is_respected(margin: int) -> None:
     labels, image, _ = blobs(1.2, noise=0.5)

@@ -96,11 +96,13 @@ def choose_margin(
     For a margin m (``min_margin_px`` … M, M the largest), particle i's relative error is the
     rim it loses, ``t_i = Σ_{k>m} S_ik / I_i`` (``I_i`` its sum at margin M), plus the noise of
     its zone and of its ring mean, ``v_i = σ_i² N_i(m) (1 + N_i(m) / R_i) / I_i²`` (σ_i² the
-    ring's variance, N_i(m) the zone's pixels, R_i the ring's). The error estimate is
-    ``mean_i(t̂_i² − var t̂_i) + median_i v_i``: the squared rims are unbiased for the noise
-    in t̂_i (its variance is removed) and trimmed of their largest `trim` fraction (a
-    neighbour's tail in a shell); the median noise keeps faint particles from deciding.
-    The margin M always has no rim term: it is the previous behaviour's margin.
+    ring's variance, N_i(m) the zone's pixels, R_i the ring's). The estimated mean squared
+    error is ``mean(t)² + spread(t)² + median_i v_i``: the rims' mean trimmed of `trim` of
+    them (half at each end: a neighbour's tail in a shell, a pore), their spread from the
+    median absolute deviation less the noise of t_i (particles under the support have wider
+    rims than those on top), and the median noise so that faint particles do not decide.
+    A negative mean rim (BF: the bright Fresnel fringe beyond the margin) counts as much as a
+    positive one. The margin M has no rim term: it is the fixed margin's.
 
     Parameters
     ----------
@@ -111,14 +113,14 @@ def choose_margin(
     min_margin_px : int
         Smallest margin considered (the mask's own pixels leave out the blurred rim: 1).
     trim : float
-        Fraction of the largest squared rims left out of their mean (when over 10 particles).
+        Fraction of the rims left out of their mean (when over 10 particles).
 
     Returns
     -------
     margin : int
     error : ndarray, shape (M + 1,)
-        Estimated rms relative error of each margin (inf below `min_margin_px` or when no
-        particle can be used).
+        Estimated rms relative error of each margin (inf below `min_margin_px`, or all inf
+        when no particle can be used: then the largest margin is returned).
     """
     sums = np.asarray(sums, dtype=np.float64)
     k = sums.shape[1]
@@ -135,12 +137,13 @@ def choose_margin(
     cum, total = cum[ok], total[ok]
     var, n_ring = np.asarray(ring_variance, np.float64)[ok], np.asarray(ring_count)[ok]
     n_cum = np.cumsum(np.asarray(counts, dtype=np.float64)[ok], axis=1)
+    cut = int(total.size * trim / 2) if total.size > 10 else 0
     for m in range(min(max(min_margin_px, 0), largest), k):
         rim = (total - cum[:, m]) / total
         rim_var = var * (n_cum[:, -1] - n_cum[:, m]) / total**2
-        q = np.sort(rim * rim - rim_var)
-        if trim > 0 and q.size > 10:
-            q = q[: int(np.ceil(q.size * (1.0 - trim)))]
+        mean = float(np.sort(rim)[cut : rim.size - cut].mean())
+        spread = 1.4826 * float(np.median(np.abs(rim - np.median(rim))))
         noise = var * n_cum[:, m] * (1.0 + n_cum[:, m] / n_ring) / total**2
-        error[m] = np.sqrt(max(float(q.mean()), 0.0) + float(np.median(noise)))
+        rim2 = mean * mean + max(spread * spread - float(np.median(rim_var)), 0.0)
+        error[m] = np.sqrt(rim2 + float(np.median(noise)))
     return int(np.argmin(error)), error
