@@ -9,8 +9,9 @@ Two sets, both fixed, nothing tuned per image:
   at the simulator's pixel size. Detections are matched to the simulator's particles by
   centre, within half the true diameter, one-to-one (Hungarian). Reported for the particles
   of at least ``--min-diameter-nm`` not cut by the border: matched, missed, median
-  |diameter error| and median signed error in % of the true equivalent diameter; and the
-  extra detections (matched to no true particle at all, whatever its size or border flag).
+  |diameter error| and median signed error in % of the true equivalent diameter, the same
+  for the integrated intensity; and the extra detections (matched to no true particle at
+  all, whatever its size or border flag).
 - EMPS (``../shared/samples/emps``): 99 real TEM/SEM micrographs with hand-drawn instances,
   no pixel size, both contrasts. Three inputs to the separation (the classical segmenter
   `nptrack.measure.classic`; the U-Net with its own scale estimate; the union of the
@@ -93,8 +94,9 @@ def sizing_errors(
     *,
     pixel_size_nm: float,
     min_diameter_nm: float = 2.0,
+    found_intensity: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Counts and relative diameter errors of one image's detections against its truth.
+    """Counts and relative diameter (and intensity) errors of one image's detections.
 
     Parameters
     ----------
@@ -107,13 +109,16 @@ def sizing_errors(
     pixel_size_nm : float
     min_diameter_nm : float
         Only true particles at least this large and not cut by the border are scored.
+    found_intensity : ndarray of float, shape (D,), optional
+        Detected integrated intensities, compared with the truth's ``intensity``.
 
     Returns
     -------
     dict
         ``scored`` (true particles scored), ``matched``, ``missed``, ``extra`` (detections
-        matched to no true particle), ``detections``, ``particles`` (all true particles) and
-        ``errors_pct`` (list of signed errors of the matched scored particles, in %).
+        matched to no true particle), ``detections``, ``particles`` (all true particles),
+        ``errors_pct`` (list of signed errors of the matched scored particles, in %) and,
+        with `found_intensity`, ``intensity_errors_pct`` (the same for the intensity).
     """
     d_true = np.asarray(truth["diameter_nm"], dtype=float)
     ti, fi = match_centres(
@@ -123,7 +128,7 @@ def sizing_errors(
     hit = scored[ti]
     d_found = np.asarray(found_diameter_nm, dtype=float)[fi[hit]]
     err = 100.0 * (d_found - d_true[ti[hit]]) / d_true[ti[hit]]
-    return {
+    out: dict[str, Any] = {
         "scored": int(scored.sum()),
         "matched": int(hit.sum()),
         "missed": int(scored.sum() - hit.sum()),
@@ -132,14 +137,25 @@ def sizing_errors(
         "particles": len(d_true),
         "errors_pct": err.tolist(),
     }
+    if found_intensity is not None:
+        i_true = np.asarray(truth["intensity"], dtype=float)[ti[hit]]
+        i_found = np.asarray(found_intensity, dtype=float)[fi[hit]]
+        out["intensity_errors_pct"] = (100.0 * (i_found - i_true) / i_true).tolist()
+    return out
 
 
 def _summarise(per_image: list[dict[str, Any]]) -> dict[str, Any]:
+    lists = ("errors_pct", "intensity_errors_pct")
     err = np.concatenate([np.asarray(r["errors_pct"], dtype=float) for r in per_image])
-    out = {k: int(sum(r[k] for r in per_image)) for k in per_image[0] if k != "errors_pct"}
+    out = {k: int(sum(r[k] for r in per_image)) for k in per_image[0] if k not in lists}
     out["median_abs_error_pct"] = float(np.median(np.abs(err))) if err.size else float("nan")
     out["median_signed_error_pct"] = float(np.median(err)) if err.size else float("nan")
     out["mean_signed_error_pct"] = float(np.mean(err)) if err.size else float("nan")
+    if all("intensity_errors_pct" in r for r in per_image):
+        e = np.concatenate([np.asarray(r["intensity_errors_pct"], float) for r in per_image])
+        nan = float("nan")
+        out["intensity_median_abs_error_pct"] = float(np.median(np.abs(e))) if e.size else nan
+        out["intensity_median_signed_error_pct"] = float(np.median(e)) if e.size else nan
     return out
 
 
@@ -179,6 +195,7 @@ def eval_whole_chain(
                 c["diameter_nm"],
                 pixel_size_nm=px,
                 min_diameter_nm=min_diameter_nm,
+                found_intensity=c["intensity"],
             )
         )
     return {"preset": preset, "images": n, "seed": seed, **_summarise(rows)}
@@ -254,6 +271,8 @@ def _table(result: dict[str, Any]) -> str:
             f" extra {r['extra']:6d} (detections {r['detections']}, particles {r['particles']})"
             f"  |d err| {r['median_abs_error_pct']:.1f} %"
             f"  signed {r['median_signed_error_pct']:+.1f} %"
+            f"  |I err| {r.get('intensity_median_abs_error_pct', float('nan')):.1f} %"
+            f"  signed {r.get('intensity_median_signed_error_pct', float('nan')):+.1f} %"
         )
     emps = result.get("emps")
     if emps:
