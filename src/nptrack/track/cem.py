@@ -10,7 +10,7 @@ subproblem around it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -75,7 +75,7 @@ class Mover:
         dets: Detections,
         params: EnergyParams,
         *,
-        size_hint: dict[int, float] | None = None,
+        size_hint: Mapping[int, float] | None = None,
         history: tuple[dict[int, Track], NDArray[np.float64]] | None = None,
     ) -> None:
         self.sol, self.dets, self.p = sol, dets, params

@@ -181,6 +181,14 @@ class Detections:
 
     def in_view(self, xy: ArrayLike, frames: ArrayLike) -> NDArray[np.bool_]:
         """Whether frame-0 points lie in the field seen in `frames` (half a pixel margin)."""
+        if self.frame_shape is None:
+            return np.ones(np.shape(xy)[0], bool)
+        if self.fields is None:  # frame 0's field for every frame
+            h, w = self.frame_shape
+            q = np.asarray(xy, dtype=float)
+            return (
+                (q[:, 0] >= -0.5) & (q[:, 1] >= -0.5) & (q[:, 0] <= w - 0.5) & (q[:, 1] <= h - 0.5)
+            )
         return self.field_border(xy, frames)[0] >= -0.5
 
     def rows(self, t: int) -> slice:
@@ -235,12 +243,12 @@ class Track:
 
     @property
     def n(self) -> int:
-        return int(self.u.size)
+        return self.u.size
 
     @property
     def end(self) -> int:
         """Last frame (inclusive)."""
-        return self.start + self.n - 1
+        return self.start + self.u.size - 1
 
     def copy(self, *, id: int | None = None) -> Track:
         return Track(

@@ -68,6 +68,14 @@ def _retarget(fusions: Iterable[Fusion], old: int, new: int) -> list[Fusion]:
 def _join(a: Track, b: Track, tid: int) -> Track:
     """a then b (b starts after a ends), the gap interpolated linearly."""
     gap = b.start - a.end - 1
+    if gap == 0:  # consecutive (the online tracker extends every track by one frame)
+        return Track(
+            tid,
+            a.start,
+            np.concatenate([a.xy, b.xy]),
+            np.concatenate([a.u, b.u]),
+            np.concatenate([a.det, b.det]),
+        )
     w = (np.arange(1, gap + 1) / (gap + 1))[:, None]
     gxy = a.xy[-1] + w * (b.xy[0] - a.xy[-1])
     gu = a.u[-1] + w[:, 0] * (b.u[0] - a.u[-1])

@@ -11,6 +11,7 @@ global CEM over the whole history at any time and returns a new version of all t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +55,32 @@ class Commit:
     events: list[Event] = field(default_factory=list)
 
 
+class _OwnSizes(Mapping[int, float]):
+    """Track id → median of its last 10 committed own diameters (computed when asked)."""
+
+    def __init__(self) -> None:
+        self._hist: dict[int, list[float]] = {}
+
+    def add(self, ids: list[int], diameters: np.ndarray) -> None:
+        for i, d in zip(ids, diameters.tolist(), strict=True):
+            h = self._hist.setdefault(i, [])
+            h.append(d)
+            if len(h) > 20:
+                del h[:-10]
+
+    def drop(self, tid: int) -> None:
+        self._hist.pop(tid, None)
+
+    def __getitem__(self, tid: int) -> float:
+        return float(np.median(self._hist[tid][-10:]))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._hist)
+
+    def __len__(self) -> int:
+        return len(self._hist)
+
+
 class OnlineTracker:
     """Sliding-window tracker; feed frames in order with `update`, then call `finish`.
 
@@ -94,8 +121,7 @@ class OnlineTracker:
         self._size_sigma: float | None = None  # log-diameter noise, measured once
         # each track's diameter where it was alone (median of its last committed own
         # detections): its size while it hides in a blob shared with another track
-        self._own_size: dict[int, float] = {}
-        self._own_hist: dict[int, list[float]] = {}
+        self._own_size = _OwnSizes()
         # tracks (and their fusions) that ended before every window: kept apart so that the
         # work per frame does not grow with the length of the series
         self._archive: dict[int, Track] = {}
@@ -442,11 +468,7 @@ class OnlineTracker:
         own = obs & ~shared
         diam = np.array([self._diameter(tr) for tr in alive])
         diam[own] = buf[det[own], 2]
-        for tr, d_own in ((alive[i], diam[i]) for i in np.flatnonzero(own)):
-            h = self._own_hist.setdefault(tr.id, [])
-            h.append(float(d_own))
-            del h[:-10]
-            self._own_size[tr.id] = float(np.median(h))
+        self._own_size.add([alive[i].id for i in np.flatnonzero(own)], diam[own])
         table = TrackTable(
             frame=np.full(len(alive), c, dtype=np.int64),
             track_id=np.array([self._name(tr.id) for tr in alive], dtype=np.int64),
@@ -480,8 +502,7 @@ class OnlineTracker:
         old = [i for i, tr in sol.tracks.items() if tr.end < f]
         for i in old:
             self._archive[i] = sol.tracks.pop(i)
-            self._own_hist.pop(i, None)
-            self._own_size.pop(i, None)
+            self._own_size.drop(i)
         for c in [c for c in sol.fusions if c in self._archive]:
             self._archive_fusions[c] = sol.fusions.pop(c)
 
