@@ -6,7 +6,7 @@ import numpy as np
 
 from nptrack.config import TrackConfig
 from nptrack.track import OnlineTracker, TrackTable, track_detections
-from nptrack.track.energy import Detections, EnergyParams, Solution, Track
+from nptrack.track.energy import Detections, EnergyParams, Solution, Track, pack
 from nptrack.track.events import out_of_view, solution_to_table
 
 SHAPE = (100, 100)
@@ -119,3 +119,17 @@ def test_online_writes_no_point_out_of_view() -> None:
     written = set(tab.frame[tab.y < 12].tolist())
     assert written and written <= frames_with_edge
     assert len(set(tab.track_id[tab.y < 12].tolist())) == 1
+
+
+def test_lambda_is_not_charged_out_of_view() -> None:
+    p = EnergyParams(pixel_size_nm=0.4, frame_shape=SHAPE, step_sigma_px=1.0, localisation_px=0.2)
+    d = _dets([0, 1, 5, 6], [30, 30, 30, 30], [1, 1, 1, 1])
+    det = np.array([0, 1, -1, -1, -1, 2, 3])
+    xy = np.column_stack([np.full(7, 30.0), np.full(7, 1.0)])
+    edge = Track(0, 0, xy, np.full(7, np.log(2700.0)), det)
+    mid = Track(0, 0, xy + np.array([0.0, 49.0]), np.full(7, np.log(2700.0)), det)
+    assert pack([edge], d, p).n_lambda == 4  # the three gap points were out of view
+    assert pack([mid], d, p).n_lambda == 7
+    # a track without any detection (a window's cut) is uncertain from its first point
+    blind = Track(1, 0, xy[:3], np.zeros(3), np.full(3, -1))
+    assert out_of_view(blind, d, p, 3.0).all()

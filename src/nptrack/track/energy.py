@@ -56,6 +56,7 @@ __all__ = [
     "energy",
     "field_border",
     "group_median",
+    "out_of_view",
     "pack",
 ]
 
@@ -379,6 +380,42 @@ class EnergyParams:
         d = np.asarray(diameter_nm, dtype=float)
         w = 0.15 * self.small_diameter_nm
         return 1.0 / (1.0 + np.exp(-(d - self.small_diameter_nm) / w))
+
+
+def out_of_view(
+    t: Track, dets: Detections, params: EnergyParams | None, diameter_nm: float
+) -> NDArray[np.bool_]:
+    """Interpolated points of t that were more likely out of view than missed.
+
+    A detector misses a particle in view rarely; a particle near the edge of the field steps
+    out of it easily. Between two detections the particle's position is uncertain by the
+    Brownian bridge, σ² = σ_step²(d)·k(n − k)/n + σ_loc² at the k-th of n steps (or σ_step²·k
+    past the last detection); a point closer than 2σ to the edge of the field seen in its
+    frame (`Detections.field_border`) is taken as out of view (its probability of being in
+    view is below ~98 %: less than a miss explains). Without `params`, only points outside
+    the field.
+    """
+    miss = t.det < 0
+    out = np.zeros(t.n, bool)
+    if not miss.any() or dets.frame_shape is None:
+        return out
+    idx = np.flatnonzero(miss)
+    b = dets.field_border(t.xy[idx], t.start + idx)[0]
+    if params is None:
+        out[idx] = b < -0.5
+        return out
+    obs = np.flatnonzero(~miss)
+    if not obs.size:
+        obs = np.array([-1])  # no detection at all: uncertain from its first point on
+    prev = np.searchsorted(obs, idx) - 1
+    k = np.where(prev >= 0, idx - obs[np.maximum(prev, 0)], idx + 1).astype(float)
+    nxt = prev + 1
+    has_next = nxt < obs.size
+    n = np.where(has_next, obs[np.minimum(nxt, obs.size - 1)] - idx + k, np.inf)
+    frac = np.where(has_next, k * (n - k) / np.where(has_next, n, 1.0), k)
+    var = float(params.step_var(diameter_nm)) * frac + params.localisation_px**2
+    out[idx] = b < 2.0 * np.sqrt(var)
+    return out
 
 
 def group_median(
@@ -810,8 +847,10 @@ def pack(
         t = np.concatenate([np.arange(tr.start, tr.end + 1) for tr in tracks])
         xy = np.concatenate([tr.xy for tr in tracks]).astype(float)
         u = np.concatenate([tr.u for tr in tracks]).astype(float)
+        det_all = np.concatenate([tr.det for tr in tracks])
     else:
         t, xy, u = np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0)
+        det_all = np.zeros(0, np.int64)
     ids = np.array([tr.id for tr in tracks], dtype=np.int64)
     diameters = diameters or {}
     tr_d = np.array([diameters.get(int(i), np.nan) for i in ids], dtype=float)
@@ -947,8 +986,7 @@ def pack(
         det_g=det_g,
         partner=partner,
         sup_w=sup_w,
-        # Milan's λ prices a point that explains no detection: not one out of view
-        n_lambda=int((focus_pt & dets.in_view(xy, t)).sum()) if P else 0,
+        n_lambda=_n_lambda(tracks, n_focus, dets, params, xy, t, focus_pt, det_all, tr_d),
         steps=steps,
         step_k=step_k,
         drift_k=params.drift_k(tr_d[tix[a]]),
@@ -966,6 +1004,37 @@ def pack(
         reg=reg,
         n_fusions=n_fus,
     )
+
+
+def _n_lambda(
+    tracks: Sequence[Track],
+    n_focus: int,
+    dets: Detections,
+    params: EnergyParams,
+    xy: NDArray[np.float64],
+    t: NDArray[np.int64],
+    focus_pt: NDArray[np.bool_],
+    det: NDArray[np.int64],
+    tr_d: NDArray[np.float64],
+) -> int:
+    """Points whose λ is counted: Milan's λ prices a point that explains no detection, not
+    one out of view (outside the field, or an undetected point near its edge that was more
+    likely out of view than missed, `out_of_view`)."""
+    if not xy.shape[0]:
+        return 0
+    keep = focus_pt & dets.in_view(xy, t)
+    gap = np.flatnonzero(keep & (det < 0))
+    if gap.size and dets.frame_shape is not None:
+        near = gap[
+            dets.field_border(xy[gap], t[gap], params.frame_shape)[0] < 3.0 * params.max_step_px
+        ]
+        if near.size:
+            starts = np.concatenate([[0], np.cumsum([tr.n for tr in tracks])[:-1]])
+            for i in np.unique(np.searchsorted(starts, near, side="right") - 1):
+                if i < n_focus:
+                    out = out_of_view(tracks[i], dets, params, float(tr_d[i]))
+                    keep[starts[i] : starts[i] + tracks[i].n] &= ~out
+    return int(keep.sum())
 
 
 def energy(

@@ -23,7 +23,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
-from nptrack.track.energy import FRAME_SEP, Detections, EnergyParams, Solution, Track
+from nptrack.track.energy import (
+    FRAME_SEP,
+    Detections,
+    EnergyParams,
+    Solution,
+    Track,
+    out_of_view,
+)
 
 __all__ = [
     "Event",
@@ -94,40 +101,6 @@ def _diameters(t: Track, dets: Detections, shared: NDArray[np.bool_]) -> NDArray
         return np.full(t.n, float(np.median(dets.diameter_nm)) if len(dets) else np.nan)
     idx = np.flatnonzero(own)
     return np.interp(np.arange(t.n), idx, dets.diameter_nm[t.det[idx]])
-
-
-def out_of_view(
-    t: Track, dets: Detections, params: EnergyParams | None, diameter_nm: float
-) -> NDArray[np.bool_]:
-    """Interpolated points of t that were more likely out of view than missed.
-
-    A detector misses a particle in view rarely; a particle near the edge of the field steps
-    out of it easily. Between two detections the particle's position is uncertain by the
-    Brownian bridge, σ² = σ_step²(d)·k(n − k)/n + σ_loc² at the k-th of n steps (or σ_step²·k
-    past the last detection); a point closer than 2σ to the edge of the field seen in its
-    frame (`Detections.field_border`) is taken as out of view (its probability of being in
-    view is below ~98 %: less than a miss explains). Without `params`, only points outside
-    the field.
-    """
-    miss = t.det < 0
-    out = np.zeros(t.n, bool)
-    if not miss.any() or dets.frame_shape is None:
-        return out
-    idx = np.flatnonzero(miss)
-    b = dets.field_border(t.xy[idx], t.start + idx)[0]
-    if params is None:
-        out[idx] = b < -0.5
-        return out
-    obs = np.flatnonzero(~miss)
-    prev = np.searchsorted(obs, idx) - 1
-    k = np.where(prev >= 0, idx - obs[np.maximum(prev, 0)], idx + 1).astype(float)
-    nxt = prev + 1
-    has_next = nxt < obs.size
-    n = np.where(has_next, obs[np.minimum(nxt, obs.size - 1)] - idx + k, np.inf)
-    frac = np.where(has_next, k * (n - k) / np.where(has_next, n, 1.0), k)
-    var = float(params.step_var(diameter_nm)) * frac + params.localisation_px**2
-    out[idx] = b < 2.0 * np.sqrt(var)
-    return out
 
 
 def solution_to_table(

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from nptrack.track.energy import FRAME_SEP, Fusion, Track
+from nptrack.track.energy import FRAME_SEP, Fusion, Track, out_of_view
 
 if TYPE_CHECKING:
     from nptrack.track.cem import Mover
@@ -190,8 +190,9 @@ def _out_of_view_gap(
     """Heads reached across a longer gap in which A was out of view (it left the field).
 
     A missed detection is rare, a particle that steps out of the field near its edge is not
-    seen until it steps back in: frames whose interpolated position lies outside the field
-    (`Detections.in_view`) do not count towards `max_gap_frames`.
+    seen until it steps back in: gap frames where it was more likely out of view than missed
+    (`events.out_of_view`, from the Brownian bridge across the gap) do not count towards
+    `max_gap_frames`.
     """
     p, dets = mv.p, mv.dets
     out = np.zeros(gap.size, bool)
@@ -201,11 +202,13 @@ def _out_of_view_gap(
     cand = np.flatnonzero((gap > p.max_gap_frames + 1) & (gap <= 4 * (p.max_gap_frames + 1)))
     if not near or not cand.size:
         return out
+    tail = a.cut(a.end, a.end)
     for j in cand:
         k = int(gap[j])
-        w = (np.arange(1, k) / k)[:, None]
-        pts = a.xy[-1] + w * (h_xy[j] - a.xy[-1])
-        hidden = int((~dets.in_view(pts, a.end + np.arange(1, k))).sum())
+        head = Track(-1, a.end + k, h_xy[j][None], tail.u.copy(), np.zeros(1, np.int64))
+        bridge = _join(tail, head, a.id)
+        # gap frames where the particle was more likely out of view than missed
+        hidden = int(out_of_view(bridge, dets, p, mv.diam[a.id]).sum())
         out[j] = k - hidden <= p.max_gap_frames + 1
     return out
 
