@@ -161,6 +161,7 @@ def evaluate(
         apply_shape_prior(
             cols, frame_shape=im.image.shape, pixel_size_A=im.pixel_size_A,
             crystal=CRYSTALS[crystal_of(im, cfg)], unit=float(cnt["unit"]),
+            unit_trusted=bool(cnt["from_comb"]),
         )  # fmt: skip
         shape_ms.append(1000 * (time.perf_counter() - t0))
         shape_fitted.append(np.asarray(cols["shape_used"])[sel])
@@ -252,7 +253,7 @@ def _shape_step(seg: ColumnSegmenter, image: np.ndarray, px: float, spacing: flo
     t0 = time.perf_counter()
     apply_shape_prior(
         cols, frame_shape=image.shape, pixel_size_A=px, crystal=CRYSTALS[str(cfg.crystals[0])],
-        unit=float(cnt["unit"]),
+        unit=float(cnt["unit"]), unit_trusted=bool(cnt["from_comb"]),
     )  # fmt: skip
     cols["ms"] = 1000 * (time.perf_counter() - t0)
     return cols

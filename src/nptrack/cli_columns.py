@@ -190,6 +190,7 @@ def columns_command(
                 apply_shape_prior(
                     cols, frame_shape=shape_px, pixel_size_A=float(cols["pixel_size_A"][0]),
                     crystal=model_crystal(seg.metadata), unit=pooled.unit,
+                    unit_trusted=pooled.from_comb,
                 )  # fmt: skip
     # Figures after the pooled unit is known (read_series holds the frames anyway).
     for fr, classes, stem, title, cols, px_A in figures:

@@ -45,10 +45,12 @@ def apply_shape_prior(
     pixel_size_A: float,
     crystal: Any,
     unit: float,
+    unit_trusted: bool = False,
 ) -> None:
     """Replace ``occupancy`` / ``confidence`` of `cols` (from `columns_of_frame`) by the
     shape-prior estimate (:func:`nptrack.segment.columns_shape.shape_occupancy`) from the
-    single-atom intensity `unit`; adds ``occupancy_shape`` (the shape's prediction, -1
+    single-atom intensity `unit` (`unit_trusted`: it came from a significant comb, the
+    shape then scans it only ±3 %); adds ``occupancy_shape`` (the shape's prediction, -1
     where the shape was not used), ``shape_used`` and ``shape`` (one record per particle).
     With no crystal, the `combined` occupancies are left (``shape`` says why)."""
     from nptrack.segment.columns_shape import shape_occupancy
@@ -62,7 +64,7 @@ def apply_shape_prior(
     res = shape_occupancy(
         np.stack([cols["x"], cols["y"]], axis=1), cols["intensity"], cols["intensity_sd"],
         unit, cols["class_probability"], pixel_size_A=pixel_size_A, crystal=crystal,
-        frame_shape=frame_shape,
+        frame_shape=frame_shape, unit_trusted=unit_trusted,
     )  # fmt: skip
     cols["occupancy"] = np.asarray(res["occupancy"])
     cols["confidence"] = np.asarray(res["confidence"])
@@ -127,5 +129,6 @@ def columns_of_frame(
         apply_shape_prior(
             cols, frame_shape=image.shape, pixel_size_A=pixel_size_A,
             crystal=model_crystal(segmenter.metadata), unit=float(counted["unit"]),
+            unit_trusted=bool(counted["from_comb"]),
         )  # fmt: skip
     return cols, pred

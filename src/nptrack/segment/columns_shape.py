@@ -604,6 +604,64 @@ def fit_shape(
     return ShapeFit(best.astype(int), occ[:m], occ[m:], best_score, float(gain), sweeps)
 
 
+def _scan_unit(
+    loglike,
+    ij: np.ndarray,
+    intensity: np.ndarray,
+    lattice: ColumnLattice,
+    missing: np.ndarray | None,
+    unit: float,
+    log_range: tuple[float, float],
+    step: float,
+    fit_offset: bool,
+    min_columns: int,
+    fit_kw: dict,
+) -> tuple[float, float, ShapeFit]:
+    """Best (u, b, quick shape) of a scan of the single-atom intensity ``u``.
+
+    ``loglike(u, b)`` gives the columns' log likelihoods (M, K). A coarse pass (2 steps)
+    over the range; at each ``u`` one descent from the grid of starting shapes with
+    ``b = 0`` (a start warm from another scale keeps its layers), then ``b`` from that
+    shape's occupancies (median of ``I - u s`` over unsaturated columns inside, clipped to
+    [0, 1] atom) and a warm descent with it; then the two steps beside the best.
+    """
+    best: list = []
+
+    def consider(u_try: float, b_try: float, init: np.ndarray | None) -> ShapeFit:
+        lp = loglike(u_try, b_try)
+        f_try = fit_shape(ij, lp, lattice, missing_ij=missing, restarts=1, pairs=False,
+                          init=init, **fit_kw)  # fmt: skip
+        if not best or f_try.score > best[0]:
+            best[:] = [f_try.score, u_try, b_try, f_try]
+        return f_try
+
+    def offset(f_try: ShapeFit, u_try: float, k: int) -> float | None:
+        s_try = np.minimum(f_try.predicted, k)
+        ok = (s_try > 0) & (s_try < k)
+        if ok.sum() < min_columns:
+            return None
+        rel = float(np.median(intensity[ok] - u_try * s_try[ok])) / u_try
+        return float(np.clip(rel, 0.0, 1.0)) * u_try
+
+    def quick(u_try: float, init: np.ndarray | None) -> None:
+        f0 = consider(u_try, 0.0, init)
+        if fit_offset:
+            b_new = offset(f0, u_try, loglike(u_try, 0.0).shape[1])
+            if b_new is not None and b_new > 0:
+                consider(u_try, b_new, f0.plane_index)
+
+    lo, hi = log_range
+    for x in np.concatenate([np.arange(0.0, hi + 1e-9, 2 * step),
+                             np.arange(-2 * step, lo - 1e-9, -2 * step)]):  # fmt: skip
+        quick(unit * np.exp(x), None)
+    u_c, warm = best[1], best[3].plane_index
+    for x in (-step, step):
+        if lo - 1e-9 <= np.log(u_c / unit) + x <= hi + 1e-9:
+            quick(u_c * np.exp(x), warm)
+    _, u, b, f = best
+    return float(u), float(b), f
+
+
 def _clusters(xy_A: np.ndarray, reach_A: float) -> np.ndarray:
     """Connected groups of columns (neighbours within `reach_A`): one per particle."""
     m = len(xy_A)
@@ -629,6 +687,8 @@ def shape_occupancy(
     unit_range: tuple[float, float] = (0.75, 1.33),
     unit_step: float = 0.03,
     fit_offset: bool = True,
+    unit_trusted: bool = False,
+    trusted_range: tuple[float, float] = (0.97, 1.03),
     min_columns: int = 12,
     min_on_lattice: float = 0.85,
     max_strain: float = 0.1,
@@ -683,6 +743,11 @@ def shape_occupancy(
         the network's guess of the scale; 1: as in `combined`).
     fit_offset : bool
         Fit the offset ``b`` of the calibration (else ``I ≈ u k``).
+    unit_trusted : bool
+        `unit` comes from a significant comb of intensities (``from_comb`` of
+        `estimate_unit`): scan only `trusted_range` (the shape cannot tell an extra layer
+        from an intensity offset, a precise comb can; chosen on simulated tuning frames,
+        seed 777).
     combined_sd_scale : float
         `sd_scale` of the `combined` occupancies kept where the shape is not used.
     unit_range : (float, float)
@@ -778,32 +843,16 @@ def shape_occupancy(
         # quick shape fit, the offset b (the faint anion columns and the support left under
         # a column add ~0.3-0.8 atom on simulated frames) from its occupancies, a refit; the
         # best joint likelihood wins, then a full fit there.
-        lo_u, hi_u = np.log(unit_range[0]), np.log(unit_range[1])
-        grid_u = float(unit) * np.exp(np.arange(lo_u, hi_u + 1e-9, unit_step))
-        i_on = i_col[on]
-        best_q: tuple[float, float, float, ShapeFit] | None = None
-        warm = None
-        for u_try in grid_u:
-            b_try = 0.0
-            f_try = None
-            for _ in range(2 if fit_offset else 1):
-                f_try = fit_shape(ij, loglike(on, u_try, b_try), lattice, missing_ij=missing,
-                                  restarts=1, pairs=False, init=warm, **fit_kw)  # fmt: skip
-                s_try = np.minimum(f_try.predicted, k)
-                ok = (s_try > 0) & (s_try < k)
-                warm = f_try.plane_index
-                if not fit_offset or ok.sum() < min_columns:
-                    break
-                b_try = float(np.clip(np.median(i_on[ok] - u_try * s_try[ok]), 0.0, u_try))
-            assert f_try is not None
-            if best_q is None or f_try.score > best_q[0]:
-                best_q = (f_try.score, u_try, b_try, f_try)
-        assert best_q is not None
-        _, u, b_off, quick = best_q
+        rng_u = trusted_range if unit_trusted else unit_range
+        lo_u, hi_u = np.log(rng_u[0]), np.log(rng_u[1])
+        u, b_off, quick_fit = _scan_unit(
+            lambda uu, bb, on=on: loglike(on, uu, bb), ij, i_col[on], lattice, missing,
+            float(unit), (lo_u, hi_u), unit_step, fit_offset, min_columns, fit_kw,
+        )  # fmt: skip
         lp_on = loglike(on, u, b_off)
         fit = fit_shape(ij, lp_on, lattice, missing_ij=missing, **fit_kw)
-        if quick.score > fit.score:
-            fit = quick
+        if quick_fit.score > fit.score:
+            fit = quick_fit
         s = np.minimum(fit.predicted, k)
         post_s = np.exp(lp_on - lp_on.max(axis=1, keepdims=True)) * prior[np.maximum(s, 1) - 1]
         post_s /= post_s.sum(axis=1, keepdims=True)
