@@ -111,7 +111,11 @@ class MeasureConfig(_Stage):
         "particle when the smoothed image peaks there this many noise sigmas above its pass "
         "to the neighbour; 0: off",
     )
-    intensity_margin_px: int = Field(2, ge=0, description="intensity integrated this far out")
+    intensity_margin_px: int = Field(
+        2,
+        ge=0,
+        description="intensity integrated at most this far out; the frame's margin is chosen",
+    )
     reject_opposite_contrast: bool = Field(
         True,
         description="drop regions darker (bright particles) or brighter (dark particles) than "
