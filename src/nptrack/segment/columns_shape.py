@@ -365,6 +365,26 @@ class _Columns:
             zb = num / np.where(self.edge_on, 1.0, self.nz)[:, None]
         return np.where(self.edge_on[:, None], np.where(num >= 0, np.inf, -np.inf), zb)
 
+    def count_one(self, zb: np.ndarray, pl: int, col_b: np.ndarray) -> np.ndarray:
+        """:meth:`count` with plane `pl`'s bounds ``zb[pl]`` (P, N) replaced by each row of
+        `col_b` (C, N) → (C, N); O(C N) (the other planes are reduced once)."""
+        others = np.arange(len(self.nz)) != pl
+        up = (self.nz > 1e-9) & others
+        lo = (self.nz < -1e-9) & others
+        edge = self.edge_on & others
+        zhi = np.min(np.where(up[:, None], zb, np.inf), axis=0)
+        zlo = np.max(np.where(lo[:, None], zb, -np.inf), axis=0)
+        inside = np.all(np.where(edge[:, None], zb > 0, True), axis=0)
+        if self.edge_on[pl]:
+            inside = inside & (col_b > 0)
+            zhi, zlo = np.broadcast_to(zhi, col_b.shape), np.broadcast_to(zlo, col_b.shape)
+        elif self.nz[pl] > 0:
+            zhi, zlo = np.minimum(zhi, col_b), np.broadcast_to(zlo, col_b.shape)
+        else:
+            zhi, zlo = np.broadcast_to(zhi, col_b.shape), np.maximum(zlo, col_b)
+        n = np.floor((zhi - self.z0) / self.period) - np.ceil((zlo - self.z0) / self.period) + 1
+        return np.where(inside & np.isfinite(n), np.maximum(n, 0), 0).astype(int)
+
     def count(self, zb: np.ndarray) -> np.ndarray:
         """Sites between the bounds ``zb`` (..., P, N) → (..., N) int."""
         up = self.nz > 1e-9
@@ -443,9 +463,7 @@ def _descend(
         for pl in range(n_pl):
             trial = idx[pl] + offsets
             col_b = plane_bound(pl, trial)
-            zz = np.repeat(zb[None], len(trial), axis=0)
-            zz[:, pl, :] = col_b
-            sc = total(cols.count(zz))
+            sc = total(cols.count_one(zb, pl, col_b))
             j = int(np.argmax(sc))
             if sc[j] > score + 1e-9:
                 idx[pl], score, zb[pl], changed = trial[j], float(sc[j]), col_b[j], True
@@ -469,12 +487,10 @@ def _descend(
     return idx, score, sweeps
 
 
-def _initial_shapes(
-    cols: _Columns, lattice: ColumnLattice, centre_A: np.ndarray, m: int, total, n: int
+def _grid_shapes(
+    cols: _Columns, lattice: ColumnLattice, centre_A: np.ndarray, m: int
 ) -> np.ndarray:
-    """The `n` best distinct starting shapes (plane indices, (n, P)) of a grid of truncated
-    octahedra (assumption 2): the outline's (edge-on) planes at the hull of the detected
-    columns, the inclined ones at a size, {100} / {111} ratio, depth centre and base cut."""
+    """Plane indices (S, P) of the starting grid (see :func:`_initial_shapes`)."""
     nrm, steps, edge = lattice.normals, lattice.plane_step_A, cols.edge_on
     fam = np.array(lattice.family)
     is_base = fam == "base"
@@ -495,10 +511,26 @@ def _initial_shapes(
                         t = np.where(is_base & (nrm[:, 2] == cut[0]),
                                      nrm[:, 2] * zc + 1.2247 * r * cut[1], t)  # fmt: skip
                     cands.append(np.where(edge, hull, np.round(t / steps)))
-    cand = np.asarray(cands)
-    scores = np.concatenate(
-        [total(cols.count(cols.bounds(c * steps))) for c in np.array_split(cand, 8)]
-    )
+    return np.asarray(cands)
+
+
+def _initial_shapes(
+    cols: _Columns, lattice: ColumnLattice, centre_A: np.ndarray, m: int, total, n: int
+) -> np.ndarray:
+    """The `n` best distinct starting shapes (plane indices, (n, P)) of a grid of truncated
+    octahedra (assumption 2): the outline's (edge-on) planes at the hull of the detected
+    columns, the inclined ones at a size, {100} / {111} ratio, depth centre and base cut."""
+    if "grid" not in cols.extra:
+        cols.extra["grid"] = _grid_shapes(cols, lattice, centre_A, m)
+    cand = cols.extra["grid"]
+    steps = lattice.plane_step_A
+    # The grid's occupancies do not depend on the likelihoods: kept for the next call on the
+    # same columns (a scan of the unit re-scores them only).
+    if "grid_occ" not in cols.extra:
+        cols.extra["grid_occ"] = np.concatenate(
+            [cols.count(cols.bounds(c * steps)) for c in np.array_split(cand, 8)]
+        )
+    scores = total(cols.extra["grid_occ"])
     out: list[np.ndarray] = []
     for i in np.argsort(scores)[::-1]:
         if not any(np.array_equal(cand[i], o) for o in out):
@@ -524,6 +556,7 @@ def fit_shape(
     restarts: int = 3,
     pairs: bool = True,
     init: np.ndarray | None = None,
+    cache: dict | None = None,
 ) -> ShapeFit:
     """Plane positions of a convex faceted particle that best explain the columns.
 
@@ -560,6 +593,9 @@ def fit_shape(
         Also try moving two planes at once by ±1 when single moves converge.
     init : ndarray of int, shape (P,), optional
         Start the descent here (e.g. a previous fit) instead of the grid.
+    cache : dict, optional
+        Shared by calls on the same columns (and lattice): the geometry and the starting
+        grid's occupancies are computed once.
 
     Returns
     -------
@@ -574,10 +610,16 @@ def fit_shape(
     z0 = (all_ij @ lattice.z_step_A) % lattice.period_A
     nrm = lattice.normals
     steps = lattice.plane_step_A
-    cols = _Columns(
-        a=nrm[:, :2] @ p.T, nz=nrm[:, 2], z0=z0, period=lattice.period_A,
-        edge_on=np.abs(nrm[:, 2]) < 1e-9, steps=steps,
-    )  # fmt: skip
+    key = (all_ij.tobytes(), m)
+    if cache is not None and cache.get("key") == key:
+        cols = cache["cols"]
+    else:
+        cols = _Columns(
+            a=nrm[:, :2] @ p.T, nz=nrm[:, 2], z0=z0, period=lattice.period_A,
+            edge_on=np.abs(nrm[:, 2]) < 1e-9, steps=steps,
+        )  # fmt: skip
+        if cache is not None:
+            cache.update(key=key, cols=cols)
     table = _score_table(lp, len(miss), p_one=p_one, p_two=p_two, p_floor=p_floor,
                          p_outside=p_outside, p_miss=p_miss)  # fmt: skip
     rows = np.arange(len(all_ij))
@@ -626,11 +668,13 @@ def _scan_unit(
     [0, 1] atom) and a warm descent with it; then the two steps beside the best.
     """
     best: list = []
+    cache: dict = fit_kw.get("cache") or {}
+    fit_kw = {k: v for k, v in fit_kw.items() if k != "cache"}
 
     def consider(u_try: float, b_try: float, init: np.ndarray | None) -> ShapeFit:
         lp = loglike(u_try, b_try)
         f_try = fit_shape(ij, lp, lattice, missing_ij=missing, restarts=1, pairs=False,
-                          init=init, **fit_kw)  # fmt: skip
+                          init=init, cache=cache, **fit_kw)  # fmt: skip
         if not best or f_try.score > best[0]:
             best[:] = [f_try.score, u_try, b_try, f_try]
         return f_try
@@ -845,12 +889,14 @@ def shape_occupancy(
         # best joint likelihood wins, then a full fit there.
         rng_u = trusted_range if unit_trusted else unit_range
         lo_u, hi_u = np.log(rng_u[0]), np.log(rng_u[1])
+        cache: dict = {}
         u, b_off, quick_fit = _scan_unit(
             lambda uu, bb, on=on: loglike(on, uu, bb), ij, i_col[on], lattice, missing,
-            float(unit), (lo_u, hi_u), unit_step, fit_offset, min_columns, fit_kw,
+            float(unit), (lo_u, hi_u), unit_step, fit_offset, min_columns,
+            {**fit_kw, "cache": cache},
         )  # fmt: skip
         lp_on = loglike(on, u, b_off)
-        fit = fit_shape(ij, lp_on, lattice, missing_ij=missing, **fit_kw)
+        fit = fit_shape(ij, lp_on, lattice, missing_ij=missing, cache=cache, **fit_kw)
         if quick_fit.score > fit.score:
             fit = quick_fit
         s = np.minimum(fit.predicted, k)
