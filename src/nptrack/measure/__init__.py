@@ -237,7 +237,7 @@ def _split_and_measure(
         labels = refine_outlines(
             labels,
             image,
-            contrast=_side(image, labels, contrast),
+            contrast=side or _side(image, labels, contrast),
             band_px=config.refine_band_px,
             level=config.refine_level,
             ring_px=config.background_ring_px,
