@@ -77,6 +77,11 @@ class SegmentConfig(_Stage):
     model_path: str = Field("models/nptrack-unet-v2.onnx", description="relative to the repo root")
     threshold: float | None = Field(None, gt=0, lt=1, description="None: from model metadata")
     providers: Literal["auto", "cpu", "cuda"] = "auto"
+    int8_on_cpu: bool = Field(
+        True,
+        description="without CUDA, segment with the int8 copy <model>-int8.onnx beside "
+        "model_path when it exists (nptrack export-model --int8); false: always model_path",
+    )
     tile_px: int = Field(1024, ge=64)
     # 128 px keeps tile seams below 0.03 in probability with the shipped model.
     tile_overlap_px: int = Field(128, ge=0)

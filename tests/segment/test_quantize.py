@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,32 @@ def test_export_model_int8_command(tmp_path: Path) -> None:
         main, ["export-model", str(tmp_path / "no.onnx"), "--out", "x.onnx", "--int8"]
     )
     assert missing.exit_code != 0 and "model file not found" in missing.output
+
+
+def test_cpu_sessions_take_the_int8_copy_beside_the_model(
+    int8_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    float_path, copy_path = tmp_path / "m.onnx", tmp_path / "m-int8.onnx"
+    shutil.copy(SHIPPED, float_path)
+    cfg = SegmentConfig(model_path=str(float_path), providers="cpu")
+    assert Segmenter.from_config(cfg).model_path == float_path  # no copy yet
+    shutil.copy(int8_model, copy_path)
+    seg = Segmenter.from_config(cfg)
+    assert seg.model_path == copy_path and "quantization" in seg.metadata
+    off = cfg.model_copy(update={"int8_on_cpu": False})
+    assert Segmenter.from_config(off).model_path == float_path
+    # A copy left over from another model version is not used.
+    stale = onnx.load(copy_path)
+    for prop in stale.metadata_props:
+        if prop.key == "nptrack.model_version":
+            prop.value = '"0.0.1"'
+    onnx.save(stale, copy_path)
+    with caplog.at_level(logging.WARNING, logger="nptrack.segment"):
+        assert Segmenter.from_config(cfg).model_path == float_path
+    assert "stale copy" in caplog.text
+    # Nor is a float model that only has the name of a copy.
+    shutil.copy(SHIPPED, copy_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nptrack.segment"):
+        assert Segmenter.from_config(cfg).model_path == float_path
+    assert "not an int8 copy" in caplog.text

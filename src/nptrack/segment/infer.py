@@ -36,6 +36,7 @@ __all__ = [
     "ModelFileError",
     "Segmenter",
     "estimate_polarity",
+    "int8_copy",
     "normalise",
     "open_session",
     "read_metadata",
@@ -185,6 +186,7 @@ class Segmenter:
         self.resample_to_model = bool(resample_to_model)
         self.expected_diameter_px = expected_diameter_px
         self.last_info: dict[str, Any] = {}
+        self.model_path: Path | None = None  # set by from_path
 
     @classmethod
     def from_path(
@@ -223,7 +225,9 @@ class Segmenter:
                 f"{path}: expected one input of rank 4 (N, 1, H, W), got rank(s) {ranks}"
             )
         meta = read_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-        return cls(session, meta, **options)
+        segmenter = cls(session, meta, **options)
+        segmenter.model_path = path
+        return segmenter
 
     @classmethod
     def from_config(cls, config: Any, *, root: str | Path | None = None) -> Segmenter:
@@ -235,6 +239,10 @@ class Segmenter:
         path = Path(config.model_path)
         if not path.is_absolute():
             path = Path(root or Path(__file__).resolve().parents[3]) / path
+        if getattr(config, "int8_on_cpu", False) and _CUDA not in select_providers(
+            config.providers
+        ):
+            path = int8_copy(path) or path
         return cls.from_path(
             path,
             providers=config.providers,
@@ -386,6 +394,51 @@ class Segmenter:
     def __repr__(self) -> str:
         v = self.metadata.get("model_version", "?")
         return f"Segmenter(version={v!r}, providers={self.providers}, threshold={self.threshold})"
+
+
+def int8_copy(path: str | Path) -> Path | None:
+    """The int8 copy ``<stem>-int8.onnx`` of a float model, if it is there and is one.
+
+    ``nptrack export-model MODEL.onnx --out MODEL-int8.onnx --int8`` writes it. It is taken
+    only when its metadata says it is quantized and names the same model version as the
+    float file (a stale copy of an older model is refused with a warning).
+
+    Returns
+    -------
+    Path or None
+        The copy's path, or None (no copy, or not a valid copy of this model).
+    """
+    path = Path(path)
+    copy = path.with_name(f"{path.stem}-int8{path.suffix}")
+    if not (path.is_file() and copy.is_file()):
+        return None
+
+    def meta(p: Path) -> dict[str, Any]:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(str(p), opts, providers=[_CPU])
+        return read_metadata(session.get_modelmeta().custom_metadata_map, str(p))
+
+    try:
+        float_meta, copy_meta = meta(path), meta(copy)
+    except Exception as exc:  # any unreadable copy: keep the float model
+        log.warning("%s: not usable as the int8 copy (%s); using %s", copy, exc, path.name)
+        return None
+    if "quantization" not in copy_meta or "quantization" in float_meta:
+        log.warning("%s: not an int8 copy (no quantization metadata); using %s", copy, path.name)
+        return None
+    if copy_meta["model_version"] != float_meta["model_version"]:
+        log.warning(
+            "%s is of model version %s, %s of %s: stale copy, using the float model",
+            copy.name,
+            copy_meta["model_version"],
+            path.name,
+            float_meta["model_version"],
+        )
+        return None
+    log.info("no CUDA: segmenting with the int8 copy %s of %s", copy.name, path.name)
+    return copy
 
 
 # -- helpers (pure numpy / OpenCV) ------------------------------------------------------------
