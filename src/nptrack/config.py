@@ -169,6 +169,12 @@ class TrackConfig(_Stage):
     )
     cg_iterations: int = Field(30, ge=1, description="conjugate-gradient iterations per round")
     max_epochs: int = Field(15, ge=1, description="rounds of jump moves (global optimisation)")
+    smooth_positions: bool = Field(
+        True,
+        description="tracks.csv positions from a Rauch–Tung–Striebel smoother of each track's "
+        "own detections under the Brownian model (noise levels by maximum likelihood on the "
+        "tracks); online, applied once to each frame as it is committed; brownian motion only",
+    )
 
 
 class PipelineConfig(_Stage):
