@@ -18,6 +18,7 @@ from nptrack.track.cem import optimize, params_from_config
 from nptrack.track.energy import Detections, EnergyParams, Fusion, Solution, Track, energy
 from nptrack.track.events import Event, TrackTable, find_events, infer_fusions, solution_to_table
 from nptrack.track.initial import initial_solution
+from nptrack.track.smooth import smooth_solution
 from nptrack.track.window import Commit, OnlineTracker
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "initial_solution",
     "optimize",
     "params_from_config",
+    "smooth_solution",
     "solution_to_table",
     "track_detections",
 ]
@@ -75,11 +77,14 @@ def track_detections(
     Returns
     -------
     TrackResult
-        Track ids are renumbered 0, 1, ... by first frame.
+        Track ids are renumbered 0, 1, ... by first frame. With ``smooth_positions`` (the
+        default) the table's positions are `smooth_solution`'s; `solution` keeps CEM's.
     """
-    p = params or params_from_config(config, detections)
-    sol = optimize(detections, config=config, params=p, init=init)
+    cfg = config or TrackConfig()
+    p = params or params_from_config(cfg, detections)
+    sol = optimize(detections, config=cfg, params=p, init=init)
     order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
     ids = {tid: k for k, tid in enumerate(order)}
-    table = solution_to_table(sol, detections, ids=ids, params=p)
+    written = smooth_solution(sol, detections, p) if cfg.smooth_positions else sol
+    table = solution_to_table(written, detections, ids=ids, params=p)
     return TrackResult(table, find_events(sol, detections, p, ids=ids), sol, p)

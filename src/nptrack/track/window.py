@@ -7,6 +7,11 @@ on the free points and one epoch of jump moves around the tracks that changed. F
 then committed: its rows (and the events decided by it) are returned and never change again.
 Each window starts from the previous solution (warm start). `OnlineTracker.reoptimize` runs the
 global CEM over the whole history at any time and returns a new version of all tracks.
+
+With ``smooth_positions`` the committed rows hold the Rauch–Tung–Striebel position of frame
+t − L given the track's detections of frames t − L − W .. t (a fixed-lag smoother,
+`nptrack.track.smooth`); it is computed once, when the frame is committed, and the tracker's
+own state is not changed by it.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ from nptrack.track.events import (
 from nptrack.track.initial import _link_var, solve_lap
 from nptrack.track.moves import _join, both_in_blob, relay_hidden, sizes_apart
 from nptrack.track.retime import diameter_noise, retime_fusions
+from nptrack.track.smooth import (
+    estimate_motion_noise,
+    own_detections,
+    relative_step_var,
+    smooth_solution,
+    smoothed_xy,
+)
 
 __all__ = ["Commit", "OnlineTracker"]
 
@@ -128,6 +140,8 @@ class OnlineTracker:
         self._archive_fusions: dict[int, Fusion] = {}
         self.t = -1
         self.committed_until = -1
+        # (step σ0, localisation σ) of the position smoother, measured once on the tracks
+        self._motion_noise: tuple[float, float] | None = None
 
     # -- detections ------------------------------------------------------------------------
     def _dets(self, f0: int, f1: int) -> Detections:
@@ -204,6 +218,11 @@ class OnlineTracker:
         if not self._fixed_params and t == self.W + 10:
             self.params = params_from_config(self.cfg, self._dets(0, t))
         self._step(t)
+        if self._motion_noise is None and t >= self.W + 10 and self.cfg.smooth_positions:
+            sol = self.solution
+            self._motion_noise = estimate_motion_noise(
+                list(sol.tracks.values()), self._buf[:, :2], self._buf[:, 2], self.params
+            ) or (self.params.step_sigma_px, self.params.localisation_px)
         c = t - self.L
         return self._commit(c) if c >= 0 else None
 
@@ -469,11 +488,12 @@ class OnlineTracker:
         diam = np.array([self._diameter(tr) for tr in alive])
         diam[own] = buf[det[own], 2]
         self._own_size.add([alive[i].id for i in np.flatnonzero(own)], diam[own])
+        xy = self._smoothed(alive, c)
         table = TrackTable(
             frame=np.full(len(alive), c, dtype=np.int64),
             track_id=np.array([self._name(tr.id) for tr in alive], dtype=np.int64),
-            x=np.array([tr.xy[i, 0] for tr, i in zip(alive, k, strict=True)]),
-            y=np.array([tr.xy[i, 1] for tr, i in zip(alive, k, strict=True)]),
+            x=xy[:, 0],
+            y=xy[:, 1],
             diameter_nm=diam,
             intensity=np.exp([tr.u[i] for tr, i in zip(alive, k, strict=True)]),
             det_id=np.where(obs, buf[np.maximum(det, 0), 5], -1).astype(np.int64),
@@ -495,6 +515,27 @@ class OnlineTracker:
         events = self._events(c)
         self._archive_before(c - self.W - 2)
         return Commit(c, table, events)
+
+    def _smoothed(self, alive: list[Track], c: int) -> np.ndarray:
+        """Positions (n, 2) of the `alive` tracks in frame c as written: the tracker's own, or
+        with ``smooth_positions`` and Brownian motion the RTS smoother's given the tracks'
+        detections of frames c − W .. t (the frames after c are not committed yet)."""
+        xy = np.array([tr.xy[c - tr.start] for tr in alive]).reshape(-1, 2)
+        if not (self.cfg.smooth_positions and alive and self.params.motion == "brownian"):
+            return xy
+        lo = c - self.W
+        near = [tr for tr in self.sol.tracks.values() if tr.end >= lo]
+        cuts = [tr.cut(lo, tr.end) for tr in near]
+        own_all = own_detections(cuts, len(self._buf))
+        pos = {tr.id: j for j, tr in enumerate(near)}
+        sel = [pos[tr.id] for tr in alive]
+        trs = [cuts[j] for j in sel]
+        own = [own_all[j] for j in sel]
+        sigma, loc = self._motion_noise or (self.params.step_sigma_px, self.params.localisation_px)
+        diam = np.array([self._diameter(tr) for tr in alive])
+        q = sigma**2 * relative_step_var(self.params, diam)
+        new = smoothed_xy(trs, own, self._buf[:, :2], q, loc**2)
+        return np.array([sm[c - tr.start] for sm, tr in zip(new, trs, strict=True)])
 
     def _archive_before(self, f: int) -> None:
         """Move tracks that ended before frame f (and fusions into them) to the archive."""
@@ -612,5 +653,6 @@ class OnlineTracker:
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
         order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
         ids = {tid: k for k, tid in enumerate(order)}
-        table = solution_to_table(sol, dets, ids=ids, params=p)
+        written = smooth_solution(sol, dets, p) if self.cfg.smooth_positions else sol
+        table = solution_to_table(written, dets, ids=ids, params=p)
         return table, find_events(sol, dets, p, ids=ids)
