@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,3 +118,38 @@ def test_each_frames_registration_reaches_the_tracker_as_its_field(truth, tmp_pa
         np.testing.assert_array_equal(fields[2], [[1, 0, 0], [0, 1, 0]])  # frame 0's field
         assert tracker.finish() is not None
     assert stack_fields([None, None]) is None  # no frame known: the tracker's default
+
+
+def test_final_reoptimisation_starts_from_the_online_solution(
+    truth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nptrack.pipeline import tracking
+
+    starts = []
+    real = tracking.track_detections
+
+    def spy(dets: Any, **kwargs: Any) -> Any:
+        starts.append((dets, kwargs.get("init")))
+        return real(dets, **kwargs)
+
+    monkeypatch.setattr(tracking, "track_detections", spy)
+    with SessionStore(tmp_path) as store:
+        tracker = SessionTracker(store, TrackConfig(), pixel_size_nm=PIXEL_NM,
+                                 frame_shape=(256, 256), background=False)  # fmt: skip
+        for k, dets in enumerate(_frames(truth)[:10]):
+            tracker.update(k, dets)
+        tracker.finish()
+        online = store.tracks(tracker.version)
+    ((dets, init),) = starts
+    assert init is not None and init.frozen_until == -1  # every frame free to change
+    # Its detection indices are rows of the global detections: each online track explains
+    # the same (frame, det_id) detections in both.
+    by_track: dict[int, set] = {}
+    for r in online:
+        if r["det_id"] is not None:
+            by_track.setdefault(r["track_id"], set()).add((r["frame"], r["det_id"]))
+    from_init = {
+        frozenset((int(dets.frame[d]), int(dets.det_id[d])) for d in t.det if d >= 0)
+        for t in init.tracks.values()
+    }
+    assert {frozenset(s) for s in by_track.values()} == from_init - {frozenset()}
