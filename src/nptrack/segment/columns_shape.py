@@ -884,9 +884,10 @@ def shape_occupancy(
             missing = grid[inside & (d > 0.5 * lattice.spacing_A)]
         # The particle's intensity calibration I ≈ b + u k with the shape (the shape, not
         # the network's guess of the scale, then sets the thickness): a scan of u; at each a
-        # quick shape fit, the offset b (the faint anion columns and the support left under
-        # a column add ~0.3-0.8 atom on simulated frames) from its occupancies, a refit; the
-        # best joint likelihood wins, then a full fit there.
+        # quick shape fit, the offset b (what the column fit leaves: with the tilt smear
+        # modelled |b| ~0.1-0.2 atom on simulated clean frames, mostly the support's grains;
+        # up to ~0.7 without) from its occupancies, a refit; the best joint likelihood wins,
+        # then a full fit there.
         rng_u = trusted_range if unit_trusted else unit_range
         lo_u, hi_u = np.log(rng_u[0]), np.log(rng_u[1])
         cache: dict = {}
