@@ -11,6 +11,7 @@ from nptrack.track.smooth import (
     estimate_motion_noise,
     own_detections,
     smooth_solution,
+    smoothed_at,
     smoothed_xy,
 )
 from tests.track import Scene, make_scene
@@ -145,3 +146,22 @@ def test_online_commits_smoothed_positions() -> None:
         tab = TrackTable.concat([c.tracks for c in commits])
         tables[smooth] = tab.select(tab.frame >= cfg.window_frames + 10 - cfg.commit_lag_frames)
     assert _mean_error(tables[True], sc.truth) < 0.94 * _mean_error(tables[False], sc.truth)
+
+
+def test_one_frame_smoother_matches_the_whole_track_one() -> None:
+    """`smoothed_at` (online commits) gives `smoothed_xy`'s positions in that frame, with
+    misses, a detection shared with a context track and tracks of different spans."""
+    rng = np.random.default_rng(5)
+    tracks, _, z, _ = _walks(rng, 6, 25, 0.4, 0.3, np.full(6, 3.0))
+    tracks[1].det[[3, 10, 11]] = -1
+    tracks[2] = tracks[2].cut(4, 20)
+    tracks[3] = tracks[3].cut(12, 24)
+    ctx = Track(99, 9, z[[tracks[0].det[9]]], np.zeros(1), tracks[0].det[[9]])  # shares frame 9
+    q = np.linspace(0.1, 0.3, 6)
+    whole = smoothed_xy(tracks, own_detections([*tracks, ctx], len(z))[:6], z, q, 0.09)
+    for frame in (9, 12, 20):
+        alive = [j for j, t in enumerate(tracks) if t.start <= frame <= t.end]
+        got = smoothed_at([tracks[j] for j in alive], z, q[alive], 0.09, frame, since=0,
+                          context=[ctx])  # fmt: skip
+        want = np.array([whole[j][frame - tracks[j].start] for j in alive])
+        np.testing.assert_allclose(got, want, atol=1e-9)

@@ -22,7 +22,7 @@ gain grows as particles move less per frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +35,7 @@ __all__ = [
     "own_detections",
     "relative_step_var",
     "smooth_solution",
+    "smoothed_at",
     "smoothed_xy",
 ]
 
@@ -50,24 +51,57 @@ def own_detections(tracks: Sequence[Track], n_rows: int) -> list[NDArray[np.bool
     return [(t.det >= 0) & (counts[np.maximum(t.det, 0)] == 1) for t in tracks]
 
 
+@dataclass(frozen=True, eq=False)
+class _Grid:
+    """Tracks as padded columns over their joint frames [t0, t0 + T): measurements z (T, K, 2)
+    where `has`, where each track lives (`alive`), the tracks' own positions `xy`, and the
+    (row, column) of every track point in track order."""
+
+    z: NDArray[np.float64]
+    has: NDArray[np.bool_]
+    alive: NDArray[np.bool_]
+    xy: NDArray[np.float64]
+    t0: int
+    row: NDArray[np.int64]
+    col: NDArray[np.int64]
+    lens: NDArray[np.int64]
+
+
 def _columns(
-    tracks: Sequence[Track], own: Sequence[NDArray[np.bool_]], det_xy: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_], int]:
-    """Tracks as padded columns over their joint frames: measurements (T, K, 2), their mask
-    (T, K), where each track lives (T, K), and the first frame."""
-    t0 = min(t.start for t in tracks)
-    t1 = max(t.end for t in tracks)
-    n_t, k = t1 - t0 + 1, len(tracks)
+    tracks: Sequence[Track],
+    own: Sequence[NDArray[np.bool_]] | NDArray[np.bool_],
+    det_xy: NDArray[np.float64],
+) -> _Grid:
+    """`_Grid` of `tracks`; `own` per track, or for all their points in track order."""
+    starts = np.array([t.start for t in tracks], dtype=np.int64)
+    det = [t.det for t in tracks]
+    o = own if isinstance(own, np.ndarray) else np.concatenate(own)
+    return _grid(starts, det, [t.xy for t in tracks], o, det_xy)
+
+
+def _grid(
+    starts: NDArray[np.int64],
+    det: Sequence[NDArray[np.int64]],
+    xy: Sequence[NDArray[np.float64]],
+    own: NDArray[np.bool_],
+    det_xy: NDArray[np.float64],
+) -> _Grid:
+    lens = np.fromiter((d.size for d in det), dtype=np.int64, count=len(det))
+    t0 = int(starts.min())
+    n_t, k = int((starts + lens).max()) - t0, len(det)
+    first = np.cumsum(lens) - lens
+    col = np.repeat(np.arange(k), lens)
+    row = np.repeat(starts - t0 - first, lens) + np.arange(int(lens.sum()))
+    d = np.concatenate(det)
     z = np.zeros((n_t, k, 2))
     has = np.zeros((n_t, k), bool)
     alive = np.zeros((n_t, k), bool)
-    for j, (t, o) in enumerate(zip(tracks, own, strict=True)):
-        a = t.start - t0
-        alive[a : a + t.n, j] = True
-        idx = np.flatnonzero(o)
-        has[a + idx, j] = True
-        z[a + idx, j] = det_xy[t.det[idx]]
-    return z, has, alive, t0
+    pos = np.zeros((n_t, k, 2))
+    alive[row, col] = True
+    has[row[own], col[own]] = True
+    z[row[own], col[own]] = det_xy[d[own]]
+    pos[row, col] = np.concatenate(xy)
+    return _Grid(z, has, alive, pos, t0, row, col, lens)
 
 
 def _filter(
@@ -108,6 +142,59 @@ def _filter(
     return m, v, mp, vp, np.asarray(nll)
 
 
+def _rts(g: _Grid, q: NDArray[np.float64], r: float) -> NDArray[np.float64]:
+    """Smoothed means (T, K, 2) of every column (Kalman filter + RTS backward pass)."""
+    m, v, mp, vp, _ = _filter(g.z, g.has, g.alive, q, r)
+    ms = m.copy()
+    for t in range(m.shape[0] - 2, -1, -1):
+        cont = g.alive[t] & g.alive[t + 1]
+        gain = np.where(cont, v[t] / vp[t + 1], 0.0)
+        ms[t] = m[t] + gain[:, None] * (ms[t + 1] - mp[t + 1])
+    return ms
+
+
+def _smooth_grid(g: _Grid, q: NDArray[np.float64], r: float) -> NDArray[np.float64]:
+    """Written positions (T, K, 2) of every column: RTS at own points, elsewhere the column's
+    position plus the correction interpolated in time between its nearest own points; columns
+    with fewer than two own points unchanged."""
+    ms = _rts(g, q, r)
+    n_t = g.has.shape[0]
+    tt = np.arange(n_t)[:, None]
+    corr = np.where(g.has[..., None], ms - g.xy, 0.0)
+    prev = np.maximum.accumulate(np.where(g.has, tt, -1), axis=0)
+    nxt = np.minimum.accumulate(np.where(g.has, tt, n_t)[::-1], axis=0)[::-1]
+    p0, n0 = np.maximum(prev, 0), np.minimum(nxt, n_t - 1)
+    c_prev = np.take_along_axis(corr, p0[..., None], axis=0)
+    c_next = np.take_along_axis(corr, n0[..., None], axis=0)
+    c_prev = np.where((prev >= 0)[..., None], c_prev, c_next)
+    c_next = np.where((nxt < n_t)[..., None], c_next, c_prev)
+    span = np.maximum(nxt - prev, 1)
+    w = np.where((prev >= 0) & (nxt < n_t), (tt - prev) / span, 0.0)[..., None]
+    out = np.where(g.has[..., None], ms, g.xy + (1.0 - w) * c_prev + w * c_next)
+    few = g.has.sum(0) < 2
+    out[:, few] = g.xy[:, few]
+    return out
+
+
+def _smooth_row(g: _Grid, q: NDArray[np.float64], r: float, row: int) -> NDArray[np.float64]:
+    """`_smooth_grid` in one row only, shape (K, 2)."""
+    ms = _rts(g, q, r)
+    cols = np.arange(g.has.shape[1])
+    before, after = g.has[row::-1], g.has[row:]
+    has_prev, has_next = before.any(0), after.any(0)
+    prev = row - np.argmax(before, axis=0)
+    nxt = row + np.argmax(after, axis=0)
+    corr = ms - g.xy
+    c_prev = np.where(has_prev[:, None], corr[prev, cols], corr[nxt, cols])
+    c_next = np.where(has_next[:, None], corr[nxt, cols], c_prev)
+    span = np.maximum(nxt - prev, 1)
+    w = np.where(has_prev & has_next, (row - prev) / span, 0.0)[:, None]
+    out = np.where(g.has[row][:, None], ms[row], g.xy[row] + (1.0 - w) * c_prev + w * c_next)
+    few = g.has.sum(0) < 2
+    out[few] = g.xy[row, few]
+    return out
+
+
 def smoothed_xy(
     tracks: Sequence[Track],
     own: Sequence[NDArray[np.bool_]],
@@ -136,29 +223,39 @@ def smoothed_xy(
         the smoothed position; the other points keep theirs, shifted by the smoother's
         correction interpolated between the nearest own points.
     """
-    out = [t.xy.copy() for t in tracks]
-    sel = [j for j, o in enumerate(own) if o.sum() >= 2]
-    if not sel:
-        return out
-    trs = [tracks[j] for j in sel]
-    ow = [own[j] for j in sel]
-    z, has, alive, t0 = _columns(trs, ow, det_xy)
-    q = np.asarray(step_var, dtype=float)[sel]
-    m, v, mp, vp, _ = _filter(z, has, alive, q, float(loc_var))
-    ms = m.copy()
-    for t in range(m.shape[0] - 2, -1, -1):
-        cont = alive[t] & alive[t + 1]
-        gain = np.where(cont, v[t] / vp[t + 1], 0.0)
-        ms[t] = m[t] + gain[:, None] * (ms[t + 1] - mp[t + 1])
-    for j, t, o in zip(sel, trs, ow, strict=True):
-        a = t.start - t0
-        sm = ms[a : a + t.n, sel.index(j)]
-        idx = np.flatnonzero(o)
-        corr = sm[idx] - t.xy[idx]
-        frames = np.arange(t.n)
-        shift = np.column_stack([np.interp(frames, idx, corr[:, c]) for c in range(2)])
-        out[j] = np.where(o[:, None], sm, t.xy + shift)
-    return out
+    if not tracks:
+        return []
+    g = _columns(tracks, own, det_xy)
+    out = _smooth_grid(g, np.asarray(step_var, dtype=float), float(loc_var))
+    return np.split(out[g.row, g.col], np.cumsum(g.lens)[:-1])
+
+
+def smoothed_at(
+    tracks: Sequence[Track],
+    det_xy: NDArray[np.float64],
+    step_var: NDArray[np.float64],
+    loc_var: float,
+    frame: int,
+    *,
+    since: int,
+    context: Sequence[Track] = (),
+) -> NDArray[np.float64]:
+    """`smoothed_xy` of every track in `frame` (shape (K, 2)), from its points of frames
+    ≥ `since` only; a detection is a track's own unless another of `tracks` or `context`
+    uses it there. Cheap enough to run at every online commit."""
+    if not tracks:
+        return np.zeros((0, 2))
+    starts = np.array([t.start for t in tracks], dtype=np.int64)
+    cut = np.maximum(since - starts, 0)
+    det = [t.det[a:] for t, a in zip(tracks, cut.tolist(), strict=True)]
+    more = [t.det[max(since - t.start, 0) :] for t in context if t.end >= since]
+    every = np.concatenate(det + more)
+    counts = np.bincount(every[every >= 0], minlength=det_xy.shape[0])
+    mine = every[: sum(d.size for d in det)]
+    own = (mine >= 0) & (counts[np.maximum(mine, 0)] == 1)
+    xy = [t.xy[a:] for t, a in zip(tracks, cut.tolist(), strict=True)]
+    g = _grid(starts + cut, det, xy, own, det_xy)
+    return _smooth_row(g, np.asarray(step_var, dtype=float), float(loc_var), frame - g.t0)
 
 
 def relative_step_var(params: EnergyParams, diameters: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -218,11 +315,11 @@ def estimate_motion_noise(
     own = [own[j] for j in keep]
     d = np.array([np.median(diameter_nm[t.det[o]]) for t, o in zip(trs, own, strict=True)])
     f = relative_step_var(params, d)
-    z, has, alive, _ = _columns(trs, own, det_xy)
+    g = _columns(trs, own, det_xy)
 
     def nll(theta: NDArray[np.float64]) -> float:
         a, r = np.exp(theta)
-        return float(_filter(z, has, alive, a * f, r)[4])
+        return float(_filter(g.z, g.has, g.alive, a * f, r)[4])
 
     x0 = np.log(_moments(trs, own, det_xy, f))
     res = minimize(nll, x0, method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-3})

@@ -47,10 +47,9 @@ from nptrack.track.moves import _join, both_in_blob, relay_hidden, sizes_apart
 from nptrack.track.retime import diameter_noise, retime_fusions
 from nptrack.track.smooth import (
     estimate_motion_noise,
-    own_detections,
     relative_step_var,
     smooth_solution,
-    smoothed_xy,
+    smoothed_at,
 )
 
 __all__ = ["Commit", "OnlineTracker"]
@@ -523,19 +522,12 @@ class OnlineTracker:
         xy = np.array([tr.xy[c - tr.start] for tr in alive]).reshape(-1, 2)
         if not (self.cfg.smooth_positions and alive and self.params.motion == "brownian"):
             return xy
-        lo = c - self.W
-        near = [tr for tr in self.sol.tracks.values() if tr.end >= lo]
-        cuts = [tr.cut(lo, tr.end) for tr in near]
-        own_all = own_detections(cuts, len(self._buf))
-        pos = {tr.id: j for j, tr in enumerate(near)}
-        sel = [pos[tr.id] for tr in alive]
-        trs = [cuts[j] for j in sel]
-        own = [own_all[j] for j in sel]
+        alive_ids = {tr.id for tr in alive}
+        others = [tr for tr in self.sol.tracks.values() if tr.id not in alive_ids]
         sigma, loc = self._motion_noise or (self.params.step_sigma_px, self.params.localisation_px)
         diam = np.array([self._diameter(tr) for tr in alive])
         q = sigma**2 * relative_step_var(self.params, diam)
-        new = smoothed_xy(trs, own, self._buf[:, :2], q, loc**2)
-        return np.array([sm[c - tr.start] for sm, tr in zip(new, trs, strict=True)])
+        return smoothed_at(alive, self._buf[:, :2], q, loc**2, c, since=c - self.L, context=others)
 
     def _archive_before(self, f: int) -> None:
         """Move tracks that ended before frame f (and fusions into them) to the archive."""
