@@ -138,6 +138,19 @@ def test_estimate_unit_avoids_aliases_and_keeps_the_prior_without_a_comb() -> No
     assert not fit.from_comb and fit.unit == 6.5
 
 
+def test_swept_basis_peak_only_is_the_first_term_and_keeps_the_integral() -> None:
+    from nptrack.segment.columns_fit import _swept_basis
+
+    dy, dx = np.mgrid[-12:13, -12:13].astype(float)
+    full = _swept_basis(dx, dy, 1.1, np.array(3.0), np.array(-1.5))
+    peak = _swept_basis(dx, dy, 1.1, np.array(3.0), np.array(-1.5), only_peak=True)
+    assert len(full) == 4 and len(peak) == 1
+    np.testing.assert_allclose(peak[0], full[0], rtol=1e-12)
+    # Swept along a segment, a peak-1 Gaussian keeps its integral 2πσ² (lower, longer peak).
+    assert peak[0].sum() == pytest.approx(2 * np.pi * 1.1**2, rel=1e-3)
+    assert peak[0].max() < 0.8
+
+
 def test_estimate_unit_trusts_no_ambiguous_comb_and_no_comb_hidden_by_the_noise() -> None:
     rng = np.random.default_rng(5)
     k = rng.integers(1, 13, 120)
