@@ -16,7 +16,7 @@ from scipy import ndimage as ndi
 
 from nptrack.cli import main
 from nptrack.config import Config, load_config
-from nptrack.measure.analyze import AnalyzeError, analyze, load_segmenter
+from nptrack.measure.analyze import AnalyzeError, analyze, find_model, load_segmenter
 from nptrack.measure.classic import ClassicSegmenter
 
 PIXEL_NM = 0.2
@@ -249,3 +249,21 @@ def test_sizing_and_intensity_on_simulated_images(preset: str, tmp_path: Path) -
     assert np.median(np.abs(d_err)) <= 0.05
     assert np.median(np.abs(i_err)) <= 0.05
     assert abs(np.median(i_err)) <= 0.02  # scatter, not bias
+
+
+def test_missing_model_path_falls_back_to_the_newest_particle_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    cfg = Config().segment.model_copy(update={"model_path": "models/gone.onnx"})
+    assert find_model(cfg, tmp_path) is None
+    for name in (
+        "nptrack-columns-v1",
+        "nptrack-unet-v2",
+        "nptrack-unet-v10",
+        "nptrack-unet-v11-int8",
+    ):
+        (models / f"{name}.onnx").write_bytes(b"")
+    # v10, not v2 (numbers, not text order), and neither the column model nor an int8 copy.
+    assert find_model(cfg, tmp_path) == models / "nptrack-unet-v10.onnx"
+    (models / "gone.onnx").write_bytes(b"")
+    assert find_model(cfg, tmp_path) == models / "gone.onnx"  # the configured file first

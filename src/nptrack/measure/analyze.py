@@ -82,13 +82,19 @@ class SegmenterLike(Protocol):
 
 
 def find_model(config: SegmentConfig, root: Path = REPO_ROOT) -> Path | None:
-    """The U-Net model file: ``config.model_path`` (relative to `root`), else ``models/*.onnx``."""
+    """The U-Net model file: ``config.model_path`` (relative to `root`), else the newest
+    particle model ``models/nptrack-unet-vN.onnx`` (not a column model, not an int8 copy:
+    :meth:`Segmenter.from_config` picks that one itself on CPU)."""
     path = Path(config.model_path)
     path = path if path.is_absolute() else root / path
     if path.is_file():
         return path
-    found = sorted((root / "models").glob("*.onnx"))
-    return found[0] if found else None
+    versions = {}
+    for candidate in (root / "models").glob("nptrack-unet-v*.onnx"):
+        number = candidate.stem.removeprefix("nptrack-unet-v")
+        if number.isdigit():
+            versions[int(number)] = candidate
+    return versions[max(versions)] if versions else None
 
 
 def load_segmenter(
