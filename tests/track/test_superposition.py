@@ -89,3 +89,34 @@ def test_superposed_point_is_matched_to_the_blob_from_the_pair_centre() -> None:
     assert np.isin(a_pts, pk.det_p).all()
     e = pk.energy(grad=False)[3]["detection"]
     assert e < 2.0 * (0.1 * 4 - 2 * 0.9)  # both blobs explained: gain ≈ 2 per blob
+
+
+def test_pair_superposed_from_the_first_frame_is_two_tracks_throughout() -> None:
+    """table1 seed 0 (the bench's series): a bottom particle (2.8 nm) lies under a top one
+    (3.8 nm) in frames 0-4, is seen apart in 5-11, hides again in 12-23 and comes out at 24,
+    8 px from where it went in. Judging the crossing with the host's whole intensity
+    re-solved and the hidden path adapted makes it one track from frame 0 to 49 (before: a
+    birth at 5, a death at 12, a new track at 24 and 17 frames missed)."""
+    from dataclasses import replace
+
+    from nptrack.evaluate.mot import evaluate
+    from nptrack.simulate.dynamics import ground_truth_rows
+    from nptrack.simulate.presets import intensity_per_nm3, load_preset, simulate_sequence
+    from nptrack.track import track_detections
+    from tests.track import detections_from_truth
+
+    sc = load_preset("table1")
+    rng = np.random.default_rng(0)
+    truth, optics, _ = simulate_sequence(sc, rng=rng)
+    rows = ground_truth_rows(truth, intensity_per_nm3=intensity_per_nm3(sc, optics))
+    table = {k: rows[k] for k in rows.dtype.names}
+    dets = detections_from_truth(table, rng, shape=truth.shape, pixel_size_nm=truth.pixel_size_nm,
+                                 clip=False, merge_factor=0.8, noise_px=0.3, miss=0.01,
+                                 fp_per_frame=0.5)  # fmt: skip
+    res = track_detections(replace(dets, fields=truth.transforms))
+    tab = res.tracks.as_columns()
+    hidden = table["id"] == 2
+    part = {k: v[hidden] for k, v in table.items()}
+    r = evaluate(part, {k: v for k, v in tab.items()})
+    assert r["fn"] == 0 and r["idsw"] == 0
+    assert evaluate(table, tab)["fn"] <= 3

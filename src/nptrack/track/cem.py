@@ -266,6 +266,11 @@ class Mover:
         lo, hi = _changed_frames(before, after, rel_before, rel_after, sol)
         if lo > hi:
             return 0.0
+        if move.kind == "cross":
+            # a superposition changes the host's mass wherever the smooth intensity term
+            # reaches: judged with the host's whole intensity re-solved, not a window of it
+            lo = min(lo, *(t.start for t in after))
+            hi = max(hi, *(t.end for t in after))
         # Judge on a window around what changes; whole-track terms (ends, length) exactly.
         lo, hi = lo - self.margin, hi + self.margin
         focus = before + after

@@ -739,7 +739,11 @@ def _cross_group(
                 fus += _retarget(sol.fusions.values(), cid, other.id)
                 rm = (*rm, other.id)
                 drop = (*drop, f_a.child, *(f.child for f in fus))
-            group.append(Move("cross", rm, (a2, c2), drop, tuple(fus), at=(e, k + 1)))
+            # the hidden path is a guess when A comes out elsewhere: positions adapt first
+            cg = 10 if nxt is not None else 0
+            group.append(
+                Move("cross", rm, (a2, c2), drop, tuple(fus), at=(e, k + 1), cg_iterations=cg)
+            )
     return group
 
 
@@ -818,7 +822,10 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
                         rm = (*rm, other.id)
                         drop = (cid,)
                 drop = (*drop, *(f.child for f in fus))
-                group.append(Move("cross", rm, (a2, c2), drop, tuple(fus), at=(k - 1, s0)))
+                cg = 10 if prev is not None else 0
+                group.append(
+                    Move("cross", rm, (a2, c2), drop, tuple(fus), at=(k - 1, s0), cg_iterations=cg)
+                )
         if group:
             yield group
 
