@@ -120,17 +120,18 @@ def test_each_frames_registration_reaches_the_tracker_as_its_field(truth, tmp_pa
     assert stack_fields([None, None]) is None  # no frame known: the tracker's default
 
 
-def test_final_reoptimisation_starts_from_the_online_solution(
+def test_final_reoptimisation_keeps_the_lower_energy_of_two_starts(
     truth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nptrack.pipeline import tracking
+    from nptrack.track import energy
 
-    starts = []
+    runs = []
     real = tracking.track_detections
 
     def spy(dets: Any, **kwargs: Any) -> Any:
-        starts.append((dets, kwargs.get("init")))
-        return real(dets, **kwargs)
+        runs.append((dets, kwargs, real(dets, **kwargs)))
+        return runs[-1][2]
 
     monkeypatch.setattr(tracking, "track_detections", spy)
     with SessionStore(tmp_path) as store:
@@ -138,9 +139,11 @@ def test_final_reoptimisation_starts_from_the_online_solution(
                                  frame_shape=(256, 256), background=False)  # fmt: skip
         for k, dets in enumerate(_frames(truth)[:10]):
             tracker.update(k, dets)
-        tracker.finish()
+        final = store.tracks(tracker.finish())
         online = store.tracks(tracker.version)
-    ((dets, init),) = starts
+    (dets, cold, a), (_, warm, b) = runs  # the Hungarian start, then the online solution
+    assert cold.get("init") is None and cold["params"] is warm["params"]
+    init = warm["init"]
     assert init is not None and init.frozen_until == -1  # every frame free to change
     # Its detection indices are rows of the global detections: each online track explains
     # the same (frame, det_id) detections in both.
@@ -153,3 +156,9 @@ def test_final_reoptimisation_starts_from_the_online_solution(
         for t in init.tracks.values()
     }
     assert {frozenset(s) for s in by_track.values()} == from_init - {frozenset()}
+    p = cold["params"]
+    best = min((a, b), key=lambda r: energy(r.solution, dets, p))
+    kept = sorted((r["frame"], r["track_id"], r["x"]) for r in final)
+    assert kept == sorted(
+        (r["frame"], r["track_id"], r["x"]) for r in tracking.table_rows(best.tracks)
+    )

@@ -440,7 +440,14 @@ def reoptimize_session(
     -------
     (version, exported paths)
     """
-    from nptrack.pipeline.tracking import frame_field, global_tracks, stack_fields
+    from nptrack.pipeline.tracking import (
+        feed_online,
+        frame_field,
+        global_tracks,
+        stack_fields,
+        unfrozen,
+    )
+    from nptrack.track import OnlineTracker
 
     session_dir = Path(session_dir)
     if not (session_dir / "session.sqlite").is_file():
@@ -458,19 +465,29 @@ def reoptimize_session(
             "min_score": config.track.min_detection_score,
             "min_diameter_nm": config.track.min_detection_diameter_px * first["pixel_size_nm"],
         }
+        shape = (first["height"], first["width"])
+        fields = [frame_field(r) for r in store.frames()]
+        # The online tracker replayed (as a resumed session does): the same second start
+        # as the session's own global re-optimisations (`SessionTracker.warm_start`).
+        t0 = time.monotonic()
+        online = OnlineTracker(
+            pixel_size_nm=first["pixel_size_nm"], frame_shape=shape, config=config.track
+        )
         parts = []
-        for k, dets in frames:
+        for (k, dets), field in zip(frames, fields, strict=True):
             cols = tracker_input(dets, **keep)
             parts.append({"frame": np.full(len(cols["x"]), k, dtype=np.int64), **cols})
+            feed_online(online, cols, field)
+        online.finish()
         columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-        t0 = time.monotonic()
         rows, events = global_tracks(
             columns,
             pixel_size_nm=first["pixel_size_nm"],
-            frame_shape=(first["height"], first["width"]),
+            frame_shape=shape,
             n_frames=len(frames),
             config=config.track.model_dump(),
-            fields=stack_fields(frame_field(r) for r in store.frames()),
+            fields=stack_fields(fields),
+            init=unfrozen(online.solution),
         )
         version = store.add_tracks(rows, events, kind="global", last_frame=len(frames) - 1)
         store.set_meta("reoptimize_s", round(time.monotonic() - t0, 3))

@@ -4,10 +4,11 @@
 runs the sliding-window `OnlineTracker`, appends each committed frame to the session's
 ``online`` track version, and every ``reoptimize_every_frames`` frames starts a global
 re-optimisation of the whole history in a *separate process* (the CEM is pure Python: in a
-thread it would hold the GIL and slow the live chain), starting from the online solution so
-far (`SessionTracker.warm_start`). When that finishes, its result is stored as a new
-``global`` version; the live pipeline never waits for it. `finish` commits the
-last frames and runs the final global re-optimisation (waiting for it).
+thread it would hold the GIL and slow the live chain), from the gated Hungarian start and
+from the online solution so far (`SessionTracker.warm_start`), keeping the lower energy.
+When that finishes, its result is stored as a new ``global`` version; the live pipeline
+never waits for it. `finish` commits the last frames and runs the final global
+re-optimisation (waiting for it).
 
 A resumed session rebuilds the tracker by replaying the stored detections (`replay`): the
 online tracker is deterministic, so the replayed commits equal those of the crashed run.
@@ -32,17 +33,21 @@ from nptrack.track import (
     OnlineTracker,
     Solution,
     TrackTable,
+    energy,
     track_detections,
 )
+from nptrack.track.cem import params_from_config
 
 __all__ = [
     "SessionTracker",
     "event_rows",
+    "feed_online",
     "frame_field",
     "global_tracks",
     "stack_fields",
     "table_rows",
     "tracker_input",
+    "unfrozen",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,8 +105,11 @@ def global_tracks(
         field of view lies in frame-0 coordinates (the tracker does not write interpolated
         points that were out of view). None: every frame sees frame 0's field.
     init : Solution, optional
-        Warm start whose detection indices are rows of `columns` (the online tracker's
-        solution, see `SessionTracker`); None: the gated Hungarian start.
+        A second start whose detection indices are rows of `columns` (the online tracker's
+        solution, `SessionTracker.warm_start`). The CEM then runs from both it and the gated
+        Hungarian start (same energy parameters) and the lower-energy result is kept: each
+        start ends in a local minimum, and neither is always the lower one. None: the
+        Hungarian start only.
     """
     cfg = TrackConfig.model_validate(config)
     if not len(columns["frame"]):
@@ -119,8 +127,34 @@ def global_tracks(
         n_frames=n_frames,
         fields=fields,
     )
-    result = track_detections(dets, config=cfg, init=init)
+    params = params_from_config(cfg, dets)
+    result = track_detections(dets, config=cfg, params=params)
+    if init is not None:
+        warm = track_detections(dets, config=cfg, params=params, init=init)
+        if energy(warm.solution, dets, params) < energy(result.solution, dets, params):
+            result = warm
     return table_rows(result.tracks), event_rows(result.events)
+
+
+def feed_online(
+    online: OnlineTracker, cols: Mapping[str, np.ndarray], field: np.ndarray | None
+) -> Any:
+    """One frame's tracker input columns (`tracker_input`) into `online`; its commit."""
+    return online.update(
+        cols["x"],
+        cols["y"],
+        diameter_nm=cols["diameter_nm"],
+        intensity=cols["intensity"],
+        score=cols["score"],
+        det_id=cols["det_id"].astype(np.int64),
+        field=field,
+    )
+
+
+def unfrozen(solution: Solution) -> Solution:
+    """`solution` with every frame free to change again (a start for a global run)."""
+    solution.frozen_until = -1
+    return solution
 
 
 def tracker_input(
@@ -274,15 +308,7 @@ class SessionTracker:
         field = self._field_of(frame)
         self._fields.append(field)
         self._n_frames += 1
-        commit = self.online.update(
-            cols["x"],
-            cols["y"],
-            diameter_nm=cols["diameter_nm"],
-            intensity=cols["intensity"],
-            score=cols["score"],
-            det_id=cols["det_id"].astype(np.int64),
-            field=field,
-        )
+        commit = feed_online(self.online, cols, field)
         if commit is not None:
             rows, events = self._store_commits([commit])
             if self.on_commit is not None and not replaying:
@@ -318,15 +344,12 @@ class SessionTracker:
     def warm_start(self) -> Solution:
         """The online solution so far, every frame free again: the global start.
 
-        The global re-optimisation starts from it rather than from the gated Hungarian
-        start: the online tracker has already resolved the series window by window, and the
-        CEM lowers the energy of the whole series from there (on table1 series it ends
-        lower than from the Hungarian start, which settles in other minima). Its detection
-        indices are rows of `columns` (both hold every detection fed, in feeding order).
+        The global re-optimisation also starts from it (besides the gated Hungarian start,
+        see `global_tracks`): the online tracker has already resolved the series window by
+        window, and from there the CEM often reaches a lower energy of the whole series. Its
+        detection indices are rows of `columns` (both hold every detection fed, in order).
         """
-        sol = self.online.solution
-        sol.frozen_until = -1
-        return sol
+        return unfrozen(self.online.solution)
 
     def _args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (self.columns(),), {
