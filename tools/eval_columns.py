@@ -29,6 +29,14 @@ of the frame's crystal fitted to all columns; `combined` where it falls back);
 Timing adds the shape step on the 1024² frame and on a frame of 4 × 4 particles tiled from
 256² frames (a 1024² frame full of columns), and per particle.
 
+``--causes N``: where the per-column intensity offset comes from. On N noise-free scenes of
+the training ranges (seed ``[seed, 5]``), at the true column positions, each image is fitted
+(``fit_columns``, without and with the tilt model) and the calibration ``I = b + g k``
+regressed on the true occupancies; ``b / g`` (atoms) of the whole image is split into
+differences of images of the same scene: the labelled columns alone untilted (the fit's own
+bias), their tilt (tilted minus untilted), the anion columns (with minus without) and the
+support (with minus without); mean and sd over the scenes, and the residual sd per column.
+
 ``oracle_*``: the occupancy a maximum-likelihood counter gets that knows every column's
 position, the support and the exact spot of one atom (Poisson likelihood of the pixels within
 1.5 probe sd of the centre for occupancies 1..K): the ceiling set by the shot noise at that
@@ -44,7 +52,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nptrack.segment.columns_count import assign_occupancy, count_columns, estimate_unit
+from nptrack.segment.columns_count import (
+    assign_occupancy,
+    count_columns,
+    estimate_unit,
+    fit_columns,
+)
 from nptrack.segment.columns_frame import apply_shape_prior
 from nptrack.segment.columns_infer import (
     ColumnSegmenter,
@@ -305,6 +318,64 @@ def _series_config(cfg, rng: np.random.Generator, snr: float | None) -> ColumnSi
     )  # fmt: skip
 
 
+def offset_causes(cfg, n: int, seed: int) -> dict:
+    """The per-column intensity offset split by cause (see ``--causes`` above)."""
+    from nptrack.simulate.columns import _prepare, _render, _sigma_px
+
+    rng = np.random.default_rng([seed, 5])
+    causes = ("whole", "fit_bias", "tilt", "anions", "support")
+    out: dict[str, dict[str, list[float]]] = {
+        m: {c: [] for c in (*causes, "resid_sd")} for m in ("round", "tilt_model")
+    }
+    for _ in range(n):
+        sim = _series_config(cfg, rng, None)
+        scene_seed = int(rng.integers(2**32))
+
+        def render(
+            labelled_only: bool, support: bool, untilted: bool = False, sim=sim, seed_=scene_seed
+        ):
+            upd = {"tilt_deg": (0.0, 0.0), "drift_shear": 0.0, "drift_stretch": 0.0}
+            s = sim.model_copy(update=upd) if untilted else sim
+            particle, sup = _prepare(s, np.random.default_rng(seed_))
+            if labelled_only:
+                particle.present &= np.isin(particle.species, particle.crystal.labelled)
+            img, cols = _render(particle, s, sup if support else 0 * sup)
+            return img, np.stack([cols["x"], cols["y"]], 1), cols["occupancy"]
+
+        images = {
+            "whole": render(False, True),
+            "labelled": render(True, False),
+            "labelled_untilted": render(True, False, untilted=True),
+            "with_anions": render(False, False),
+        }
+        u = 2 * np.pi * _sigma_px(sim) ** 2  # one labelled atom, noise-free atom units
+        spacing = column_spacing_A(CRYSTALS[sim.crystal]) / sim.pixel_size_A
+        for method, tilt in (("round", False), ("tilt_model", True)):
+            b = {}
+            for name, (img, xy, k) in images.items():
+                fit = fit_columns(img, xy, sigma_px=0.25 / sim.pixel_size_A,
+                                  spacing_px=spacing, knot_px=5.0 / sim.pixel_size_A,
+                                  model_tilt=tilt)  # fmt: skip
+                ok = _inside(xy[:, 0], xy[:, 1], img.shape, 2)
+                design = np.stack([np.ones(ok.sum()), k[ok]], 1)
+                i_col = fit["intensity"][ok] / u
+                (b0, g), *_ = np.linalg.lstsq(design, i_col, rcond=None)
+                b[name] = b0 / g
+                if name == "whole":
+                    out[method]["resid_sd"].append(float(np.std(i_col - design @ [b0, g]) / g))
+            split = {"whole": b["whole"], "fit_bias": b["labelled_untilted"],
+                     "tilt": b["labelled"] - b["labelled_untilted"],
+                     "anions": b["with_anions"] - b["labelled"],
+                     "support": b["whole"] - b["with_anions"]}  # fmt: skip
+            for c in causes:
+                out[method][c].append(float(split[c]))
+    return {
+        m: {f"{c}_{stat}": round(float(f(v)), 3) for c, v in d.items()
+            for stat, f in (("mean", np.mean), ("sd", np.std))}
+        for m, d in out.items()
+    } | {"scenes": n}  # fmt: skip
+
+
 def evaluate_series(
     seg: ColumnSegmenter, cfg, snr: float | None, n: int, frames: int, seed: int, min_area_px: int
 ) -> dict:
@@ -385,6 +456,7 @@ def main() -> None:
                     help="no network: count at true positions; prior scale error sd")  # fmt: skip
     ap.add_argument("--series", type=int, default=0, help="also score N series per SNR")
     ap.add_argument("--series-frames", type=int, default=6)
+    ap.add_argument("--causes", type=int, default=0, help="offset split on N clean scenes")
     args = ap.parse_args()
     seg = ColumnSegmenter.from_path(args.model, providers="cpu", intra_op_threads=args.threads)
     update: dict = {"tile_px": args.size, "empty_fraction": 0.0}
@@ -413,6 +485,8 @@ def main() -> None:
             evaluate_series(seg, cfg, s, args.series, args.series_frames, args.seed, min_area)
             for s in snrs
         ]
+    if args.causes:
+        report["offset_causes"] = offset_causes(cfg, args.causes, args.seed)
     if args.time_size:
         report["timing"] = {"threads": args.threads, **timing(seg, cfg, args.time_size, args.seed)}
     text = json.dumps(report, indent=2)
