@@ -12,7 +12,11 @@ scored by `nptrack.evaluate` (MOTA, MOTP, IDF1, IDSW, FP, FN, fusion precision /
 
 Detections are made from the ground truth by `tests.track.detections_from_truth` (localisation
 noise, misses, false positives, one blob where two particles overlap): the tracker is measured
-apart from the segmentation.
+apart from the segmentation. `--detector unet` instead renders the preset's frames with the
+simulator (`nptrack.simulate.write_sequence`) and runs the chain `nptrack track` runs on frames
+(registration, the shipped U-Net segmenter, measurement, online and global tracking:
+`nptrack.pipeline.session.run_session`), scoring the global (tracks.csv) and the online track
+versions against the simulator's truth: the bars from the project's own detections.
 """
 
 from __future__ import annotations
@@ -215,6 +219,62 @@ def bench_quality(
             "mean": means}  # fmt: skip
 
 
+def bench_unet(preset: str, seeds: list[int], frames: int | None = None) -> dict[str, Any]:
+    """Frames rendered by the simulator, detected and tracked by the project's own chain.
+
+    Each seed's series (`frames` of them, default the preset's) is written to a temporary
+    folder and run through `run_session` as ``nptrack track`` does (default `Config`, the
+    shipped model); the session's global and online track versions are scored against the
+    simulator's ground truth and events.
+    """
+    import tempfile
+
+    from nptrack.config import Config
+    from nptrack.evaluate.mot import read_events_csv, read_table_csv
+    from nptrack.pipeline.session import files_source, run_session
+    from nptrack.pipeline.store import SessionStore
+    from nptrack.simulate.write import write_sequence
+
+    rows_out = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="bench-track-unet-") as tmp:
+            out = Path(tmp)
+            write_sequence(out, config=preset, frames=frames, seed=seed, progress=False,
+                           cadence_s=0.0)  # fmt: skip
+            t = _cpu()
+            run_session(files_source([out / "frames"]), out / "session", config=Config(),
+                        command="track", background_reoptimize=False)  # fmt: skip
+            took = _since(t)
+            truth = read_table_csv(out / "ground_truth.csv")
+            truth_ev = read_events_csv(out / "events.csv")
+            keys = ("mota", "motp", "idf1", "idsw", "fp", "fn", "mostly_tracked",
+                    "num_objects", "fusion_precision", "fusion_recall")  # fmt: skip
+            with SessionStore(out / "session") as store:
+                versions = {v["kind"]: v["version"] for v in store.versions()}
+                for kind in ("global", "online"):
+                    if kind not in versions:
+                        continue
+                    tr = store.tracks(versions[kind])
+                    cols = {
+                        k: np.array([r[k] for r in tr]) for k in ("frame", "track_id", "x", "y")
+                    }
+                    ev = store.events(versions[kind])
+                    r = evaluate(truth, cols, truth_events=truth_ev, events=ev)
+                    name = f"np-tracker {kind} (U-Net detections)"
+                    score = {k: round(float(r[k]), 4) for k in keys}
+                    rows_out.append({"preset": preset, "seed": seed, "method": name, **score,
+                                     **took})  # fmt: skip
+            print(f"{preset} seed {seed} (unet): " + "; ".join(
+                f"{r['method']} MOTA {r['mota']:.2f} MOTP {r['motp']:.2f} IDSW {r['idsw']:.0f}"
+                for r in rows_out if r["seed"] == seed), file=sys.stderr)  # fmt: skip
+    means = {
+        name: {k: round(float(np.mean([r[k] for r in rows_out if r["method"] == name])), 3)
+               for k in rows_out[0] if isinstance(rows_out[0][k], float)}
+        for name in dict.fromkeys(r["method"] for r in rows_out)
+    }  # fmt: skip
+    return {"preset": preset, "seeds": seeds, "detector": "unet", "runs": rows_out, "mean": means}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--speed", action="store_true", help="window and global timings")
@@ -233,6 +293,13 @@ def main() -> None:
         action="store_true",
         help="do not tell the tracker where each frame's field lies (registration transforms)",
     )
+    ap.add_argument(
+        "--detector",
+        choices=("truth", "unet"),
+        default="truth",
+        help="--quality detections: from the truth with noise (default), or the frames "
+        "rendered by the simulator and detected by the shipped U-Net chain",
+    )
     ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
     args = ap.parse_args()
     if not (args.speed or args.scaling or args.quality):
@@ -249,8 +316,13 @@ def main() -> None:
     if args.quality:
         seeds = list(range(args.seeds))
         fields = not args.no_fields
-        out["quality"] = [bench_quality("table1", seeds, args.merge_factor, fields)]
-        if args.dense:
+        if args.detector == "unet":
+            out["quality"] = [bench_unet("table1", seeds)]
+        else:
+            out["quality"] = [bench_quality("table1", seeds, args.merge_factor, fields)]
+        if args.dense and args.detector == "unet":
+            out["quality"].append(bench_unet("dense", seeds[:2]))
+        elif args.dense:
             out["quality"].append(bench_quality("dense", seeds[:2], args.merge_factor, fields))
     text = json.dumps(out, indent=2)
     if args.out:
