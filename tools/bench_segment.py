@@ -4,7 +4,7 @@ Frames are synthetic particle images at the model's own pixel size (no resamplin
 number is the cost of normalisation + tiled ONNX Runtime inference + blending; the median of
 ``--repeat`` runs after one warm-up is reported.
 
-    python tools/bench_segment.py --model models/nptrack-unet-v2.onnx --threads 2 --out b.json
+    python tools/bench_segment.py --model models/nptrack-unet-v3.onnx --threads 2 --out b.json
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def bench(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v2.onnx")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v3.onnx")
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--repeat", type=int, default=5)

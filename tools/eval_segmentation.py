@@ -21,7 +21,7 @@ Two sets, both fixed, nothing tuned per image:
 Instances are split from the thresholded map by a distance-transform watershed with h-maxima
 markers (a simple stand-in for nptrack.measure's splitting).
 
-    python tools/eval_segmentation.py --model models/nptrack-unet-v2.onnx --out eval.json
+    python tools/eval_segmentation.py --model models/nptrack-unet-v3.onnx --out eval.json
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def eval_simulated(seg: Segmenter, n: int, seed: int, size_px: int = 512) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v2.onnx")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v3.onnx")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout only)")
     ap.add_argument("--sim-n", type=int, default=32, help="simulated frames (half ADF, half BF)")
     ap.add_argument("--seed", type=int, default=2024, help="seed of the simulated set")

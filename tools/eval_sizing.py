@@ -287,7 +287,7 @@ def _table(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v2.onnx")
+    ap.add_argument("--model", type=Path, default=REPO / "models" / "nptrack-unet-v3.onnx")
     ap.add_argument(
         "--segmenter", choices=("unet", "classic"), default="unet", help="of the whole chain"
     )
