@@ -4,7 +4,7 @@ Frames are synthetic particle images at the model's own pixel size (no resamplin
 number is the cost of normalisation + tiled ONNX Runtime inference + blending; the median of
 ``--repeat`` runs after one warm-up is reported.
 
-    python tools/bench_segment.py --model models/nptrack-unet-v3.onnx --threads 2 --out b.json
+    python tools/bench_segment.py --model models/nptrack-unet-v3-int8.onnx --threads 2 --out b.json
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from nptrack.config import SegmentConfig
 from nptrack.segment.infer import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--tile-px", type=int, default=1024)
-    ap.add_argument("--overlap-px", type=int, default=64)
+    defaults = SegmentConfig()  # the product's tiling unless told otherwise
+    ap.add_argument("--tile-px", type=int, default=defaults.tile_px)
+    ap.add_argument("--overlap-px", type=int, default=defaults.tile_overlap_px)
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout only)")
     args = ap.parse_args(argv)
     result = bench(
