@@ -12,9 +12,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 import bench_track  # noqa: E402
 
 
-@pytest.mark.skipif(
-    not (ROOT / "models" / "nptrack-unet-v2.onnx").is_file(), reason="shipped model missing"
-)
 def test_unet_mode_scores_both_track_versions_of_rendered_frames() -> None:
     out = bench_track.bench_unet("table1", [0], frames=6)
     methods = [r["method"] for r in out["runs"]]
