@@ -18,7 +18,7 @@ from nptrack.track.cem import optimize, params_from_config
 from nptrack.track.energy import Detections, EnergyParams, Fusion, Solution, Track, energy
 from nptrack.track.events import Event, TrackTable, find_events, infer_fusions, solution_to_table
 from nptrack.track.initial import initial_solution
-from nptrack.track.smooth import smooth_solution
+from nptrack.track.smooth import smooth_solution, written_output
 from nptrack.track.window import Commit, OnlineTracker
 
 __all__ = [
@@ -83,8 +83,5 @@ def track_detections(
     cfg = config or TrackConfig()
     p = params or params_from_config(cfg, detections)
     sol = optimize(detections, config=cfg, params=p, init=init)
-    order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
-    ids = {tid: k for k, tid in enumerate(order)}
-    written = smooth_solution(sol, detections, p) if cfg.smooth_positions else sol
-    table = solution_to_table(written, detections, ids=ids, params=p)
-    return TrackResult(table, find_events(sol, detections, p, ids=ids), sol, p)
+    table, events = written_output(sol, detections, p, smooth=cfg.smooth_positions)
+    return TrackResult(table, events, sol, p)

@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 
 from nptrack.track.energy import Detections, EnergyParams, Solution, Track
+from nptrack.track.events import Event, TrackTable, find_events, solution_to_table
 
 __all__ = [
     "estimate_motion_noise",
@@ -357,3 +358,15 @@ def smooth_solution(
     for t, xy in zip(trs, smoothed_xy(trs, own, dets.xy, q, loc**2), strict=True):
         t.xy = xy
     return out
+
+
+def written_output(
+    sol: Solution, dets: Detections, params: EnergyParams, *, smooth: bool
+) -> tuple[TrackTable, list[Event]]:
+    """tracks.csv / events.csv of a global solution: ids renumbered 0, 1, ... by first frame,
+    positions from `smooth_solution` when `smooth` (events keep the CEM's)."""
+    order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
+    ids = {tid: k for k, tid in enumerate(order)}
+    written = smooth_solution(sol, dets, params) if smooth else sol
+    table = solution_to_table(written, dets, ids=ids, params=params)
+    return table, find_events(sol, dets, params, ids=ids)

@@ -38,9 +38,7 @@ from nptrack.track.events import (
     _border_px,
     _fusion_detail,
     empty_table,
-    find_events,
     out_of_view,
-    solution_to_table,
 )
 from nptrack.track.initial import _link_var, solve_lap
 from nptrack.track.moves import _join, both_in_blob, relay_hidden, sizes_apart
@@ -48,8 +46,8 @@ from nptrack.track.retime import diameter_noise, retime_fusions
 from nptrack.track.smooth import (
     estimate_motion_noise,
     relative_step_var,
-    smooth_solution,
     smoothed_at,
+    written_output,
 )
 
 __all__ = ["Commit", "OnlineTracker"]
@@ -643,8 +641,4 @@ class OnlineTracker:
             init.frozen_until = -1
             init.last_frame = self.t
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
-        order = sorted(sol.tracks, key=lambda i: (sol.tracks[i].start, i))
-        ids = {tid: k for k, tid in enumerate(order)}
-        written = smooth_solution(sol, dets, p) if self.cfg.smooth_positions else sol
-        table = solution_to_table(written, dets, ids=ids, params=p)
-        return table, find_events(sol, dets, p, ids=ids)
+        return written_output(sol, dets, p, smooth=self.cfg.smooth_positions)
