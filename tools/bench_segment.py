@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,8 @@ def bench(
             seg.predict(img, pixel_size_nm=(px, px))
             times.append(time.perf_counter() - t0)
         out["ms_per_frame"][f"{size}x{size}"] = round(1000 * float(np.median(times)), 1)
+    # Peak resident memory of the process so far (the largest size dominates; Linux: KiB).
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
 
 

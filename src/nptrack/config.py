@@ -83,7 +83,8 @@ class SegmentConfig(_Stage):
         "model_path when it exists (nptrack export-model --int8); false: always model_path",
     )
     # One tile up to 2048² px: overlapping 1024² tiles cost ~30 % more U-Net time on a 2048²
-    # frame; the price is memory (peak ~1.3 GB for a 2048² frame on CPU, ~0.5 GB tiled).
+    # frame; the price is memory (peak 1.37 GB for a 2048² frame with the int8 copy on CPU,
+    # 0.49 GB tiled: `peak_rss_mib` of tools/bench_segment.py).
     tile_px: int = Field(2048, ge=64, description="larger frames run as overlapping tiles")
     # 128 px keeps tile seams below 0.03 in probability with the shipped model.
     tile_overlap_px: int = Field(128, ge=0)
