@@ -129,6 +129,11 @@ class MeasureConfig(_Stage):
         description="drop regions darker (bright particles) or brighter (dark particles) than "
         "their local background: pores and holes found by a two-contrast model",
     )
+    fit_border_centres: bool = Field(
+        True,
+        description="a particle cut by the frame edge is placed at the centre of the circle "
+        "through its visible outline (not the centroid of its visible part)",
+    )
     refine_band_px: int = Field(
         0,
         ge=0,

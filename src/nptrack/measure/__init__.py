@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from nptrack.config import MeasureConfig
-from nptrack.measure.props import DETECTION_COLUMNS, _median, measure_particles
+from nptrack.measure.props import DETECTION_COLUMNS, _median, fit_circle, measure_particles
 from nptrack.measure.refine import refine_outlines
 from nptrack.measure.split import SplitResult, clean_mask, split_particles
 
@@ -252,6 +252,7 @@ def _split_and_measure(
         intensity_margin_px=config.intensity_margin_px,
         convexity_threshold=config.convexity_threshold,
         separated=split.separated,
+        fit_border_centres=config.fit_border_centres,
     )
     return labels, columns
 
@@ -341,11 +342,5 @@ def _outline_centre(
     y = np.concatenate([rr.astype(float), ry + 0.5]) + top
     if x.size < 6:
         return None
-    # Kasa fit: x² + y² + D x + E y + F = 0, centred on the points for conditioning.
-    mx, my = x.mean(), y.mean()
-    u, v = x - mx, y - my
-    a = np.column_stack([u, v, np.ones_like(u)])
-    (d, e, f), _, rank, _ = np.linalg.lstsq(a, -(u * u + v * v), rcond=None)
-    if rank < 3 or d * d / 4 + e * e / 4 - f <= 0:
-        return None
-    return float(mx - d / 2), float(my - e / 2)
+    cy, cx, _ = fit_circle(np.column_stack([y, x]), iterations=0)  # the algebraic (Kåsa) fit
+    return None if np.isnan(cx) else (cx, cy)

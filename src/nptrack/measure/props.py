@@ -382,6 +382,98 @@ def edt(mask: np.ndarray) -> np.ndarray:
     return np.sqrt(_squared_edt(mask))
 
 
+def fit_circle(points: np.ndarray, *, iterations: int = 10) -> tuple[float, float, float]:
+    """Least-squares circle through points: (y, x, radius), NaN where it is undefined.
+
+    An algebraic (Kåsa) fit started, then Gauss–Newton steps on the geometric distances,
+    which remove the algebraic fit's bias toward small circles on short arcs.
+
+    Parameters
+    ----------
+    points : ndarray of float, shape (M, 2)
+        (y, x) coordinates, M ≥ 3 and not collinear.
+    iterations : int
+        Gauss–Newton steps (0: the algebraic fit alone).
+
+    Returns
+    -------
+    (float, float, float)
+        Centre (y, x) and radius, in the units of `points`.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if len(p) < 3:
+        return np.nan, np.nan, np.nan
+    mean = p.mean(axis=0)
+    q = p - mean  # centred: better conditioned
+    a = np.column_stack([q, np.ones(len(q))])
+    b = -(q * q).sum(axis=1)
+    (d, e, f), _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
+    if rank < 3:  # collinear
+        return np.nan, np.nan, np.nan
+    c = np.array([-d / 2, -e / 2])
+    r2 = c @ c - f
+    if not np.isfinite(r2) or r2 <= 0:
+        return np.nan, np.nan, np.nan
+    r = float(np.sqrt(r2))
+    for _ in range(iterations):
+        v = q - c
+        dist = np.hypot(v[:, 0], v[:, 1])
+        if (dist <= 0).any():
+            break
+        jac = np.column_stack([-v / dist[:, None], -np.ones(len(q))])
+        step, *_ = np.linalg.lstsq(jac, -(dist - r), rcond=None)
+        c, r = c + step[:2], r + float(step[2])
+        if np.abs(step).max() < 1e-6:
+            break
+    return float(c[0] + mean[0]), float(c[1] + mean[1]), abs(r)
+
+
+def _border_centres(
+    loops: np.ndarray,
+    offsets: np.ndarray,
+    loop_particle: np.ndarray,
+    which: np.ndarray,
+    shape: tuple[int, int],
+) -> dict[int, tuple[float, float]]:
+    """Centres of particles cut by the frame edge, from a circle through their visible arc.
+
+    The centroid of the visible part lies inside the frame, up to a radius from the true
+    centre; the arc of the outline that is not the frame edge says where the whole particle
+    is. `loops` are the smoothed outlines in frame pixels. Accepted only when the arc is long
+    enough to fix a circle (its chord at least the radius, radius at most 1.5 × the visible
+    extent); otherwise the particle keeps its centroid. Centres are kept inside the frame
+    (at most half a pixel outside its outer pixel centres).
+    """
+    height, width = shape
+    out: dict[int, tuple[float, float]] = {}
+    counts = np.diff(offsets)
+    order = np.lexsort((np.arange(counts.size), -counts, loop_particle))
+    particle = loop_particle[order]
+    outer = order[np.r_[True, particle[1:] != particle[:-1]]] if order.size else order
+    loop_of = dict(zip(loop_particle[outer].tolist(), outer.tolist(), strict=True))
+    for i in which.tolist():
+        k = loop_of.get(i)
+        if k is None:
+            continue
+        pts = loops[offsets[k] : offsets[k + 1]]
+        y, x = pts[:, 0], pts[:, 1]
+        # Outline vertices run along pixel edges at -0.5 and size - 0.5 where the frame cuts.
+        arc = pts[(y > 0.0) & (y < height - 1.0) & (x > 0.0) & (x < width - 1.0)]
+        if len(arc) < 8:
+            continue
+        extent = float(np.hypot(*(pts.max(axis=0) - pts.min(axis=0))))
+        gaps = arc[:, None, :] - arc[None, :, :]
+        chord = float(np.sqrt((gaps * gaps).sum(axis=2).max()))  # the arc's own extent
+        cy, cx, r = fit_circle(arc)
+        if not np.isfinite(r) or r > 1.5 * extent or chord < r:
+            continue
+        # A centre beyond the edge is put on it: a position outside the field reads as out
+        # of view downstream (the tracker does not write such points), yet part of the
+        # particle is seen.
+        out[i] = (float(np.clip(cy, -0.5, height - 0.5)), float(np.clip(cx, -0.5, width - 0.5)))
+    return out
+
+
 def measure_particles(
     labels: np.ndarray,
     image: np.ndarray | None = None,
@@ -394,6 +486,7 @@ def measure_particles(
     adaptive_margin: bool = True,
     convexity_threshold: float = 0.95,
     separated: np.ndarray | None = None,
+    fit_border_centres: bool = True,
 ) -> dict[str, np.ndarray]:
     """Measure every particle of a label image.
 
@@ -427,6 +520,12 @@ def measure_particles(
         Threshold of `is_convex` for the ``agglomerate`` flag.
     separated : ndarray of bool, shape (N,), optional
         Which particles came out of a split region (from `nptrack.measure.split`).
+    fit_border_centres : bool
+        For particles cut by the image edge (``border``), ``x`` and ``y`` are the centre of
+        the circle through the visible outline (`fit_circle` on the smoothed outline, the
+        edge left out; kept inside the frame), not the centroid of the visible part, which
+        lies up to a radius inside. Falls back to the centroid when the arc is too short to
+        fix a circle.
 
     Returns
     -------
@@ -559,6 +658,12 @@ def measure_particles(
         if rows.size >= 3:
             hulls.append(_pixel_hull(rows, cs))
             hull_of.append(i)
+    cut = np.nonzero(border)[0] if fit_border_centres else np.zeros(0, np.int64)
+    if cut.size:
+        frame_loops = smoothed + np.repeat(origin[loop_particle], np.diff(smooth_offsets), axis=0)
+        fitted = _border_centres(frame_loops, smooth_offsets, loop_particle, cut, (height, width))
+        for i, (cy, cx) in fitted.items():
+            cols["y"][i], cols["x"][i] = cy, cx
     margin = np.full(n, np.nan)
     if image is not None and n:
         m = intensity_margin_px
