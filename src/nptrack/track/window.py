@@ -12,11 +12,18 @@ With ``smooth_positions`` the committed rows hold the Rauch–Tung–Striebel po
 t − L given the track's detections of frames t − L − W .. t (a fixed-lag smoother,
 `nptrack.track.smooth`); it is computed once, when the frame is committed, and the tracker's
 own state is not changed by it.
+
+Memory: the tracker keeps every detection it was given unless ``keep_history=False``; then it
+keeps the full rows of the last frames only (those the window, the commit and the smoother
+read) and each detection's diameter (the history a track's size may be looked up in), and an
+``archive`` mapping given by the caller may keep the tracks that ended elsewhere (a live
+session keeps its history in its store): its memory then grows with the tracks alive, not with
+every detection of the series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -103,6 +110,13 @@ class OnlineTracker:
     params : EnergyParams, optional
         Fixed energy parameters; by default they come from `config` and are measured on the
         first `window_frames` + 10 frames.
+    keep_history : bool
+        Keep every detection (`detections`, `reoptimize` need them). False: only the rows of
+        the last `window_frames` + 2 `commit_lag_frames` + 2 frames and each detection's
+        diameter are kept; the commits are the same.
+    archive : mutable mapping of int to Track, optional
+        Where tracks that ended before every window go (default: a dict). `solution` reads
+        them back from it.
     """
 
     def __init__(
@@ -112,6 +126,8 @@ class OnlineTracker:
         frame_shape: tuple[int, int] | None = None,
         config: TrackConfig | None = None,
         params: EnergyParams | None = None,
+        keep_history: bool = True,
+        archive: MutableMapping[int, Track] | None = None,
     ) -> None:
         self.cfg = config or TrackConfig()
         self.W, self.L = self.cfg.window_frames, self.cfg.commit_lag_frames
@@ -120,9 +136,16 @@ class OnlineTracker:
         self.pixel_size_nm = float(pixel_size_nm)
         self.frame_shape = frame_shape
         self._fixed_params = params is not None
-        self._buf = np.zeros((1024, 6))  # x, y, diameter, intensity, score, det_id
-        self._offsets = [0]
-        self._fields: list[np.ndarray | None] = []
+        self.keep_history = keep_history
+        # x, y, diameter, intensity, score, det_id of the detection rows from _row0 on (the
+        # rows are numbered over the whole series; earlier ones were let go, keep_history=False)
+        self._buf = np.zeros((1024, 6))
+        self._row0 = 0
+        self._keep_frames = self.W + 2 * self.L + 2
+        self._diameters = np.zeros(1024)  # every detection's diameter, by row
+        self._offsets = [0]  # first row of each frame
+        self._field_buf = np.zeros((64, 2, 3))  # each frame's field (where given)
+        self._field_given = np.zeros(64, dtype=bool)
         self.sol = Solution(first_frame=0, last_frame=-1, frozen_until=-1)
         self.params = params or params_from_config(self.cfg, self._dets(0, -1), estimate=False)
         self._names: dict[int, int] = {}
@@ -133,7 +156,7 @@ class OnlineTracker:
         self._own_size = _OwnSizes()
         # tracks (and their fusions) that ended before every window: kept apart so that the
         # work per frame does not grow with the length of the series
-        self._archive: dict[int, Track] = {}
+        self._archive: MutableMapping[int, Track] = {} if archive is None else archive
         self._archive_fusions: dict[int, Fusion] = {}
         self.t = -1
         self.committed_until = -1
@@ -143,10 +166,13 @@ class OnlineTracker:
     # -- detections ------------------------------------------------------------------------
     def _dets(self, f0: int, f1: int) -> Detections:
         """Detections of frames [f0, f1] (rows numbered from frame f0's first row)."""
-        a = self._offsets[max(f0, 0)]
+        f0 = max(f0, 0)
+        a = self._offsets[f0]
         b = self._offsets[f1 + 1] if f1 >= 0 else 0
-        c = self._buf[a:b]
-        frame = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))[a:b]
+        if a < self._row0:
+            raise RuntimeError(f"detections of frame {f0} were let go (keep_history=False)")
+        c = self._buf[a - self._row0 : b - self._row0]
+        frame = np.repeat(np.arange(f0, f1 + 1), np.diff(self._offsets[f0 : f1 + 2]))
         return Detections.from_arrays(
             frame,
             c[:, 0],
@@ -163,15 +189,16 @@ class OnlineTracker:
 
     def _field_stack(self, f1: int) -> np.ndarray | None:
         """Fields of frames 0..f1 (frame 0's where one was not given), or None if none was."""
-        given = self._fields[: f1 + 1]
-        if all(f is None for f in given):
+        given = self._field_given[: f1 + 1]
+        if not given.any():
             return None
         eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-        return np.stack([eye if f is None else f for f in given])
+        return np.where(given[:, None, None], self._field_buf[: f1 + 1], eye)
 
     @property
     def detections(self) -> Detections:
-        """All detections received so far."""
+        """All detections received so far (with ``keep_history=False``: an error once the
+        first frames were let go)."""
         return self._dets(0, self.t)
 
     # -- one frame -------------------------------------------------------------------------
@@ -196,11 +223,10 @@ class OnlineTracker:
         self.t += 1
         t = self.t
         base = self._offsets[-1]
-        if base + n > len(self._buf):  # grow geometrically: amortised constant cost per frame
-            self._buf = np.concatenate(
-                [self._buf, np.zeros((max(base + n, 2 * len(self._buf)), 6))]
-            )
-        self._buf[base : base + n] = np.column_stack(
+        lo = base - self._row0
+        if lo + n > len(self._buf):  # grow geometrically: amortised constant cost per frame
+            self._buf = np.concatenate([self._buf, np.zeros((max(lo + n, len(self._buf)), 6))])
+        self._buf[lo : lo + n] = np.column_stack(
             [
                 x,
                 np.asarray(y, float).ravel(),
@@ -210,18 +236,41 @@ class OnlineTracker:
                 np.arange(base, base + n) if det_id is None else np.asarray(det_id).ravel(),
             ]
         )
+        if base + n > len(self._diameters):
+            self._diameters = np.concatenate(
+                [self._diameters, np.zeros(max(base + n, len(self._diameters)))]
+            )
+        self._diameters[base : base + n] = self._buf[lo : lo + n, 2]
         self._offsets.append(base + n)
-        self._fields.append(None if field is None else np.asarray(field, float).reshape(2, 3))
+        if t >= len(self._field_given):
+            self._field_buf = np.concatenate([self._field_buf, np.zeros_like(self._field_buf)])
+            self._field_given = np.concatenate([self._field_given, self._field_given & False])
+        if field is not None:
+            self._field_buf[t] = np.asarray(field, float).reshape(2, 3)
+            self._field_given[t] = True
         if not self._fixed_params and t == self.W + 10:
             self.params = params_from_config(self.cfg, self._dets(0, t))
         self._step(t)
         if self._motion_noise is None and t >= self.W + 10 and self.cfg.smooth_positions:
+            assert self._row0 == 0  # nothing is let go before frame W + 10
             sol = self.solution
             self._motion_noise = estimate_motion_noise(
                 list(sol.tracks.values()), self._buf[:, :2], self._buf[:, 2], self.params
             ) or (self.params.step_sigma_px, self.params.localisation_px)
         c = t - self.L
-        return self._commit(c) if c >= 0 else None
+        commit = self._commit(c) if c >= 0 else None
+        if not self.keep_history and t > self.W + 10 and t % self.W == 0:
+            self._let_go(t - self._keep_frames)
+        return commit
+
+    def _let_go(self, f: int) -> None:
+        """Drop the full rows of frames before `f` (their diameters are kept)."""
+        r = self._offsets[max(f, 0)]
+        if r <= self._row0:
+            return
+        k, used = r - self._row0, self._offsets[-1] - self._row0
+        self._buf[: used - k] = self._buf[k:used]
+        self._row0 = r
 
     def finish(self) -> list[Commit]:
         """Commit every remaining frame (end of the series)."""
@@ -242,7 +291,7 @@ class OnlineTracker:
         since = max(w0, sub.frozen_until - 1)
         refine(sub, dets, p, maxiter=2, since=since, relax_iterations=2)
         mover = Mover(
-            sub, dets, p, size_hint=self._own_size, history=(self.sol.tracks, self._buf[:, 2])
+            sub, dets, p, size_hint=self._own_size, history=(self.sol.tracks, self._diameters)
         )
         self._diam = mover.diam
         mover.active = self._active(sub, mover, t)
@@ -424,7 +473,7 @@ class OnlineTracker:
             apart = sizes_apart(a, c, dets.diameter_nm)
             ha, hc = self.sol.tracks.get(a.id), self.sol.tracks.get(c.id)
             if apart is None and ha is not None and hc is not None:
-                apart = sizes_apart(ha, hc, self._buf[:, 2])  # seen apart before the window
+                apart = sizes_apart(ha, hc, self._diameters)  # seen apart before the window
             shared = c.det[-3:]
             shared = shared[shared >= 0]
             if apart is None or not both_in_blob(np.log(dets.diameter_nm[shared]), *apart):
@@ -472,7 +521,6 @@ class OnlineTracker:
         sol = self.sol
         sol.frozen_until = max(sol.frozen_until, c)
         self.committed_until = c
-        buf = self._buf
         alive = sorted(
             (tr for tr in sol.tracks.values() if tr.start <= c <= tr.end),
             key=lambda tr: (tr.start, tr.id),
@@ -483,7 +531,7 @@ class OnlineTracker:
         shared = obs & (np.bincount(np.where(obs, det, 0), obs, minlength=1)[det * obs] > 1)
         own = obs & ~shared
         diam = np.array([self._diameter(tr) for tr in alive])
-        diam[own] = buf[det[own], 2]
+        diam[own] = self._diameters[det[own]]
         self._own_size.add([alive[i].id for i in np.flatnonzero(own)], diam[own])
         xy = self._smoothed(alive, c)
         table = TrackTable(
@@ -493,7 +541,9 @@ class OnlineTracker:
             y=xy[:, 1],
             diameter_nm=diam,
             intensity=np.exp([tr.u[i] for tr, i in zip(alive, k, strict=True)]),
-            det_id=np.where(obs, buf[np.maximum(det, 0), 5], -1).astype(np.int64),
+            det_id=np.where(obs, self._buf[np.maximum(det - self._row0, 0), 5], -1).astype(
+                np.int64
+            ),
             state=np.where(obs, "observed", "interpolated").astype(object),
         )
         if not len(alive):
@@ -525,7 +575,19 @@ class OnlineTracker:
         sigma, loc = self._motion_noise or (self.params.step_sigma_px, self.params.localisation_px)
         diam = np.array([self._diameter(tr) for tr in alive])
         q = sigma**2 * relative_step_var(self.params, diam)
-        return smoothed_at(alive, self._buf[:, :2], q, loc**2, c, since=c - self.L, context=others)
+        # the tracks from `since` on, with rows numbered as in the buffer (the smoother reads
+        # nothing earlier): the same result whether or not earlier rows were let go
+        since, r0 = c - self.L, self._row0
+
+        def local(tr: Track) -> Track:
+            out = tr.cut(since, tr.end)
+            out.det = np.where(out.det >= 0, out.det - r0, -1)
+            return out
+
+        near = [local(tr) for tr in others if tr.end >= since]
+        return smoothed_at(
+            [local(tr) for tr in alive], self._buf[:, :2], q, loc**2, c, since=since, context=near
+        )
 
     def _archive_before(self, f: int) -> None:
         """Move tracks that ended before frame f (and fusions into them) to the archive."""
@@ -540,8 +602,14 @@ class OnlineTracker:
     @property
     def solution(self) -> Solution:
         """The whole online solution (archived and live tracks)."""
-        sol = self.sol.copy()
+        sol = self.live_solution()
         sol.tracks.update({i: t.copy() for i, t in self._archive.items()})
+        return sol
+
+    def live_solution(self) -> Solution:
+        """`solution` without the archived tracks (every fusion included): adding the
+        archive's tracks in its order gives `solution`."""
+        sol = self.sol.copy()
         sol.fusions.update(self._archive_fusions)
         return sol
 
@@ -550,7 +618,7 @@ class OnlineTracker:
         if tr.id in self._diam:
             return self._diam[tr.id]
         d = tr.det[tr.det >= 0][-10:]
-        return float(self._buf[d, 2].mean()) if d.size else self.params.reference_diameter_nm
+        return float(self._diameters[d].mean()) if d.size else self.params.reference_diameter_nm
 
     def _events(self, c: int) -> list[Event]:
         """Events decided by committing frame c: births and fusions at c, ends at c − 1."""
