@@ -10,7 +10,7 @@ import pytest
 
 from nptrack.config import TrackConfig
 from nptrack.evaluate.mot import evaluate_tracks, read_table_csv
-from nptrack.pipeline.store import SessionStore
+from nptrack.pipeline.store import SessionStore, frame_record
 from nptrack.pipeline.tracking import SessionTracker, tracker_input
 from nptrack.simulate.write import prepare_sequence
 
@@ -39,13 +39,28 @@ def _frames(truth: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return out
 
 
+def _store(store: SessionStore, k: int, dets: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Store frame k (identity registration) with `dets`, as the track stage does before it
+    feeds the tracker; returns `dets`."""
+    row = frame_record(
+        frame=k, time_s=None, source=f"f{k}.tif", pixel_size_nm=(PIXEL_NM, PIXEL_NM),
+        matrix=np.eye(2, 3), reg_cc=1.0, status="ok", shape=(256, 256),
+    )  # fmt: skip
+    store.add_frame(row, dets)
+    return dets
+
+
+def _feed(store: SessionStore, tracker: SessionTracker, k: int, dets: dict[str, Any]) -> None:
+    tracker.update(k, _store(store, k, dets))
+
+
 def test_online_commits_background_and_final_versions(truth, tmp_path: Path) -> None:
     cfg = TrackConfig(reoptimize_every_frames=6)
     frames = _frames(truth)
     with SessionStore(tmp_path) as store:
         tracker = SessionTracker(store, cfg, pixel_size_nm=PIXEL_NM, frame_shape=(256, 256))
         for k, dets in enumerate(frames[:12]):
-            tracker.update(k, dets)
+            _feed(store, tracker, k, dets)
         tracker.wait_background()  # the one started at frame 6 or 12
         assert tracker.global_versions, "a background re-optimisation was stored"
         background = store.versions()[-1]
@@ -54,7 +69,7 @@ def test_online_commits_background_and_final_versions(truth, tmp_path: Path) -> 
         online = store.tracks(tracker.version)
         assert {r["frame"] for r in online} == set(range(12 - cfg.commit_lag_frames))
         for k, dets in enumerate(frames[12:], start=12):
-            tracker.update(k, dets)
+            _feed(store, tracker, k, dets)
         final = tracker.finish()
         later = [
             r for r in store.tracks(tracker.version) if r["frame"] < 12 - cfg.commit_lag_frames
@@ -73,12 +88,12 @@ def test_replay_rebuilds_the_same_commits(truth, tmp_path: Path) -> None:
         straight = SessionTracker(a, cfg, pixel_size_nm=PIXEL_NM, frame_shape=(256, 256),
                                   background=False)  # fmt: skip
         for k, dets in enumerate(frames):
-            straight.update(k, dets)
+            _feed(a, straight, k, dets)
         resumed = SessionTracker(b, cfg, pixel_size_nm=PIXEL_NM, frame_shape=(256, 256),
                                  background=False)  # fmt: skip
-        assert resumed.replay(enumerate(frames[:9])) == 9
+        assert resumed.replay((k, _store(b, k, d)) for k, d in enumerate(frames[:9])) == 9
         for k, dets in enumerate(frames[9:], start=9):
-            resumed.update(k, dets)
+            _feed(b, resumed, k, dets)
         assert b.tracks(resumed.version) == a.tracks(straight.version)
 
 
@@ -94,7 +109,6 @@ def test_tracker_input_drops_low_scores_and_keeps_masses_positive() -> None:
 
 
 def test_each_frames_registration_reaches_the_tracker_as_its_field(truth, tmp_path: Path) -> None:
-    from nptrack.pipeline.store import frame_record
     from nptrack.pipeline.tracking import stack_fields
 
     frames = _frames(truth)[:4]
@@ -138,7 +152,7 @@ def test_final_reoptimisation_keeps_the_lower_energy_of_two_starts(
         tracker = SessionTracker(store, TrackConfig(), pixel_size_nm=PIXEL_NM,
                                  frame_shape=(256, 256), background=False)  # fmt: skip
         for k, dets in enumerate(_frames(truth)[:10]):
-            tracker.update(k, dets)
+            _feed(store, tracker, k, dets)
         final = store.tracks(tracker.finish())
         online = store.tracks(tracker.version)
     (dets, cold, a), (_, warm, b) = runs  # the Hungarian start, then the online solution
@@ -162,3 +176,79 @@ def test_final_reoptimisation_keeps_the_lower_energy_of_two_starts(
     assert kept == sorted(
         (r["frame"], r["track_id"], r["x"]) for r in tracking.table_rows(best.tracks)
     )
+
+
+@pytest.fixture(scope="module")
+def long_truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("long_truth")
+    prepare_sequence(out, config="table1", frames=60, seed=3)  # truth only, no images
+    return read_table_csv(out / "ground_truth.csv")
+
+
+def test_session_tracker_holds_a_window_and_commits_what_a_full_history_tracker_does(
+    long_truth, tmp_path: Path
+) -> None:
+    """The memory design: the live tracker keeps the rows of its last frames and the tracks
+    alive, the history is in the store, and nothing it commits or hands to the global
+    re-optimisation differs from a tracker that keeps everything in memory."""
+    from operator import itemgetter
+
+    from nptrack.pipeline.tracking import (
+        StoredTracks,
+        _archived,
+        feed_online,
+        table_rows,
+        unfrozen,
+    )
+    from nptrack.track import OnlineTracker
+
+    cfg = TrackConfig()
+    frames = _frames(long_truth)
+    full = OnlineTracker(pixel_size_nm=PIXEL_NM, frame_shape=(256, 256), config=cfg)
+    committed: list[dict[str, Any]] = []
+    keep = {"min_score": cfg.min_detection_score,
+            "min_diameter_nm": cfg.min_detection_diameter_px * PIXEL_NM}  # fmt: skip
+    with SessionStore(tmp_path) as store:
+        tracker = SessionTracker(store, cfg, pixel_size_nm=PIXEL_NM, frame_shape=(256, 256),
+                                 background=False)  # fmt: skip
+        online = tracker.online
+        for k, dets in enumerate(frames):
+            _feed(store, tracker, k, dets)
+            commit = feed_online(full, tracker_input(dets, **keep), np.eye(2, 3))
+            committed += [] if commit is None else table_rows(commit.tracks)
+            if k == 40:
+                capacity = len(online._buf)
+        n_frames = len(frames)
+        # Detection rows in memory: those of the last frames only, not the whole series.
+        kept = online._keep_frames + cfg.window_frames
+        per_frame = np.diff(online._offsets)
+        assert online._row0 >= online._offsets[n_frames - kept] > 0
+        assert online._offsets[-1] - online._row0 <= per_frame[-kept:].sum()
+        assert len(online._buf) == capacity < per_frame.sum()  # no growth after warm-up
+        with pytest.raises(RuntimeError, match="let go"):
+            _ = online.detections
+        # Finished tracks are in the store, not in memory (only their ids are).
+        assert isinstance(online._archive, StoredTracks) and not online._archive._pending
+        n_archived = store._db.execute("SELECT COUNT(*) FROM online_archive").fetchone()[0]
+        assert n_archived == len(online._archive) == len(full._archive) > 0
+        # Same commits as the tracker that keeps everything.
+        key = itemgetter("track_id", "frame")
+        assert store.tracks(tracker.version) == sorted(committed, key=key)
+        # The history read back from the store is what the tracker was fed.
+        cols = tracker.columns()
+        dets_all = full.detections
+        np.testing.assert_array_equal(cols["frame"], dets_all.frame)
+        np.testing.assert_array_equal(cols["x"], dets_all.xy[:, 0])
+        np.testing.assert_array_equal(cols["diameter_nm"], dets_all.diameter_nm)
+        # The background worker's start (live tracks + the store's archive) is the full one.
+        init = unfrozen(online.live_solution())
+        init.tracks.update(_archived(store, until=n_frames - 1))
+        ref = unfrozen(full.solution)
+        assert list(init.tracks) == list(ref.tracks) and init.fusions == ref.fusions
+        for tid, tr in ref.tracks.items():
+            got = init.tracks[tid]
+            assert got.start == tr.start
+            np.testing.assert_array_equal(got.xy, tr.xy)
+            np.testing.assert_array_equal(got.det, tr.det)
+            np.testing.assert_array_equal(got.u, tr.u)
+        assert list(tracker.warm_start().tracks) == list(ref.tracks)

@@ -4,6 +4,10 @@ Each frame's registration and detections are committed in one transaction, so af
 (kill -9 included) a frame is either fully stored or absent; `watch` on the same session
 resumes from what is stored. Tracks are stored as numbered versions (each window commit or
 global re-optimisation publishes one); exports use the newest.
+
+The store is also where a live session's history stays (not in the process's memory): the
+global re-optimisation reads the detections from it (`detection_columns`), and the online
+tracker's finished tracks go to ``online_archive`` (rebuilt when a session resumes).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import csv
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,9 @@ CREATE INDEX IF NOT EXISTS tracks_version ON tracks (version, frame);
 CREATE TABLE IF NOT EXISTS events (
     version INTEGER, frame INTEGER, type TEXT, track_ids TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS online_archive (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, track_id INTEGER UNIQUE, start INTEGER,
+    xy BLOB, u BLOB, det BLOB, archived_at INTEGER);
 CREATE TABLE IF NOT EXISTS atom_columns (
     frame INTEGER, det_id INTEGER, column_id INTEGER, x REAL, y REAL, occupancy INTEGER,
     confidence REAL, occupancy_net INTEGER, occupancy_count INTEGER, intensity REAL,
@@ -106,6 +113,22 @@ def _py(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _mapping_rows(tracks: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Any, ...]]:
+    """`TRACK_COLUMNS` tuples of track rows given as mappings."""
+    for t in tracks:
+        yield tuple(_py(t.get(c)) for c in TRACK_COLUMNS)
+
+
+def _column_rows(columns: Mapping[str, np.ndarray], chunk: int = 4096) -> Iterator[tuple[Any, ...]]:
+    """`TRACK_COLUMNS` tuples of track rows given as columns, a chunk at a time."""
+    n = len(columns["frame"])
+    for a in range(0, n, chunk):
+        cols = [np.asarray(columns[c][a : a + chunk]).tolist() for c in TRACK_COLUMNS]
+        k = TRACK_COLUMNS.index("det_id")
+        cols[k] = [None if d < 0 else d for d in cols[k]]
+        yield from zip(*cols, strict=True)
+
+
 class SessionStore:
     """A session folder's ``session.sqlite``.
 
@@ -113,12 +136,18 @@ class SessionStore:
     ----------
     session_dir : path-like
         Created if missing.
+    readonly : bool
+        Only read an existing store (a worker process beside the session that writes it).
     """
 
-    def __init__(self, session_dir: str | Path) -> None:
+    def __init__(self, session_dir: str | Path, *, readonly: bool = False) -> None:
         self.dir = Path(session_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "session.sqlite"
+        if readonly:
+            self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            self._db.execute("PRAGMA query_only=1")
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
         # One connection per store object; the pipeline writes from one thread (the tracker).
         self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -222,13 +251,35 @@ class SessionStore:
         last_frame: int,
     ) -> int:
         """Publish a new version of the tracks (and events); returns the version number."""
+        return self._add_version(_mapping_rows(tracks), events, kind=kind, last_frame=last_frame)
+
+    def add_track_columns(
+        self,
+        columns: Mapping[str, np.ndarray],
+        events: Iterable[Mapping[str, Any]] = (),
+        *,
+        kind: str,
+        last_frame: int,
+    ) -> int:
+        """`add_tracks` of rows given as columns (the `TRACK_COLUMNS`; det_id < 0 where
+        interpolated, stored as NULL), inserted without a Python object per row."""
+        return self._add_version(_column_rows(columns), events, kind=kind, last_frame=last_frame)
+
+    def _add_version(
+        self,
+        rows: Iterable[tuple[Any, ...]],
+        events: Iterable[Mapping[str, Any]],
+        *,
+        kind: str,
+        last_frame: int,
+    ) -> int:
         with self._db:
             cur = self._db.execute(
                 "INSERT INTO track_versions (created_at, kind, last_frame) VALUES (?, ?, ?)",
                 (time.time(), kind, last_frame),
             )
             version = int(cur.lastrowid)
-            self._insert_tracks(version, tracks, events)
+            self._insert_tracks(version, rows, events)
         return version
 
     def append_tracks(
@@ -241,7 +292,7 @@ class SessionStore:
     ) -> None:
         """Add rows to an existing version (the online tracker's commits, frame by frame)."""
         with self._db:
-            self._insert_tracks(version, tracks, events)
+            self._insert_tracks(version, _mapping_rows(tracks), events)
             self._db.execute(
                 "UPDATE track_versions SET last_frame = ? WHERE version = ?", (last_frame, version)
             )
@@ -249,12 +300,13 @@ class SessionStore:
     def _insert_tracks(
         self,
         version: int,
-        tracks: Iterable[Mapping[str, Any]],
+        rows: Iterable[tuple[Any, ...]],
         events: Iterable[Mapping[str, Any]],
     ) -> None:
+        # a generator: sqlite3 takes the rows one by one (no list of a whole version)
         self._db.executemany(
             "INSERT INTO tracks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(version, *(_py(t.get(c)) for c in TRACK_COLUMNS)) for t in tracks],
+            ((version, *row) for row in rows),
         )
         self._db.executemany(
             "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -269,6 +321,33 @@ class SessionStore:
                 for e in events
             ],
         )
+
+    def clear_archive(self) -> None:
+        """Empty ``online_archive`` (a tracker starting over, e.g. replaying on resume)."""
+        with self._db:
+            self._db.execute("DELETE FROM online_archive")
+
+    def archive_tracks(self, tracks: Iterable[tuple[int, int, bytes, bytes, bytes, int]]) -> None:
+        """Add finished online tracks: (track_id, start, xy, u, det, archived_at) each, the
+        arrays as raw float64 / float64 / int64 bytes, `archived_at` the frame then tracked."""
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO online_archive (track_id, start, xy, u, det, archived_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                tracks,
+            )
+
+    def archived_tracks(
+        self, *, until: int | None = None, track_id: int | None = None
+    ) -> Iterator[tuple[int, int, bytes, bytes, bytes]]:
+        """Finished online tracks (track_id, start, xy, u, det) in the order they were added;
+        only those archived at frames ≤ `until`, or only `track_id`."""
+        sql, args = "SELECT track_id, start, xy, u, det FROM online_archive", []
+        if until is not None:
+            sql, args = sql + " WHERE archived_at <= ?", [until]
+        elif track_id is not None:
+            sql, args = sql + " WHERE track_id = ?", [track_id]
+        yield from self._db.execute(sql + " ORDER BY seq", args)
 
     # -- reading ----------------------------------------------------------------------------
     def sources(self) -> set[str]:
@@ -309,6 +388,22 @@ class SessionStore:
             sql, args = sql + " WHERE frame = ?", (frame,)
         cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
         return [dict(zip(DETECTION_COLUMNS, row, strict=True)) for row in cur]
+
+    def detection_columns(
+        self, columns: Sequence[str], *, frames_below: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Detection columns (float64; NULL as NaN) in (frame, det_id) order, of frames below
+        `frames_below` (default: all), read in chunks (no Python object per row is kept)."""
+        sql = f"SELECT {', '.join(columns)} FROM detections"
+        args: tuple[Any, ...] = ()
+        if frames_below is not None:
+            sql, args = sql + " WHERE frame < ?", (frames_below,)
+        cur = self._db.execute(sql + " ORDER BY frame, det_id", args)
+        parts = []
+        while chunk := cur.fetchmany(20000):
+            parts.append(np.array(chunk, dtype=float).reshape(-1, len(columns)))
+        data = np.concatenate(parts) if parts else np.zeros((0, len(columns)))
+        return {c: np.ascontiguousarray(data[:, i]) for i, c in enumerate(columns)}
 
     def latest_version(self) -> int | None:
         """Newest track version, or None."""

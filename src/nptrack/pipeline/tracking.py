@@ -12,6 +12,13 @@ re-optimisation (waiting for it).
 
 A resumed session rebuilds the tracker by replaying the stored detections (`replay`): the
 online tracker is deterministic, so the replayed commits equal those of the crashed run.
+
+Memory: the history is the store's, not the process's. A frame is stored before it is
+tracked; the global re-optimisation reads the detections and fields of frames 0..t from the
+store (`stored_history`) in its worker process, and hands back its result as columns; the
+online tracker keeps only its window's rows and each detection's diameter
+(``keep_history=False``), and its finished tracks go to the store (`StoredTracks`). What the
+process keeps grows with the tracks alive, not with the detections of the series.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,7 @@ from nptrack.track import (
     Event,
     OnlineTracker,
     Solution,
+    Track,
     TrackTable,
     energy,
     track_detections,
@@ -40,11 +49,14 @@ from nptrack.track.cem import params_from_config
 
 __all__ = [
     "SessionTracker",
+    "StoredTracks",
     "event_rows",
     "feed_online",
     "frame_field",
+    "global_track_columns",
     "global_tracks",
     "stack_fields",
+    "stored_history",
     "table_rows",
     "tracker_input",
     "unfrozen",
@@ -76,7 +88,7 @@ def event_rows(events: Iterable[Event]) -> list[dict[str, Any]]:
     ]
 
 
-def global_tracks(
+def global_track_columns(
     columns: Mapping[str, np.ndarray],
     *,
     pixel_size_nm: float,
@@ -85,10 +97,12 @@ def global_tracks(
     config: dict[str, Any],
     fields: np.ndarray | None = None,
     init: Solution | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Global CEM over a whole series: (tracks rows, events rows).
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Global CEM over a whole series: (tracks columns, events rows).
 
-    Plain arguments so that it runs in a worker process.
+    Plain arguments so that it runs in a worker process. The tracks come as the
+    `TRACK_COLUMNS` arrays (det_id −1 where interpolated, state fixed-width strings): one
+    buffer per column to hand back, not an object per row (`global_tracks` gives rows).
 
     Parameters
     ----------
@@ -113,7 +127,7 @@ def global_tracks(
     """
     cfg = TrackConfig.model_validate(config)
     if not len(columns["frame"]):
-        return [], []
+        return _track_columns(None), []
     dets = Detections.from_arrays(
         columns["frame"],
         columns["x"],
@@ -133,7 +147,168 @@ def global_tracks(
         warm = track_detections(dets, config=cfg, params=params, init=init)
         if energy(warm.solution, dets, params) < energy(result.solution, dets, params):
             result = warm
-    return table_rows(result.tracks), event_rows(result.events)
+    return _track_columns(result.tracks), event_rows(result.events)
+
+
+def _track_columns(table: TrackTable | None) -> dict[str, np.ndarray]:
+    if table is None:
+        from nptrack.track.events import empty_table
+
+        table = empty_table()
+    cols = dict(table.as_columns())
+    cols["state"] = np.asarray(cols["state"], dtype="U12")
+    return cols
+
+
+def global_tracks(
+    columns: Mapping[str, np.ndarray], **kwargs: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`global_track_columns` as (tracks rows, events rows); same arguments."""
+    cols, events = global_track_columns(columns, **kwargs)
+    det = cols["det_id"].tolist()
+    keys = [k for k in cols if k != "det_id"]
+    values = [cols[k].tolist() for k in keys]
+    rows = [
+        {**dict(zip(keys, v, strict=True)), "det_id": None if d < 0 else d}
+        for *v, d in zip(*values, det, strict=True)
+    ]
+    return rows, events
+
+
+def stored_history(
+    store: SessionStore, n_frames: int, *, min_score: float, min_diameter_nm: float
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Tracker input columns (`SessionTracker.columns`) and fields (`stack_fields`) of
+    frames 0 .. `n_frames` − 1 as stored: what the session tracker was fed (a frame is
+    stored before it is tracked; failed frames are empty)."""
+    rows = store.frames()[:n_frames]
+    if [r["frame"] for r in rows] != list(range(n_frames)):
+        raise ValueError(f"the store does not hold frames 0-{n_frames - 1}")
+    names = ("frame", *_TRACK_INPUT)
+    det = store.detection_columns(names, frames_below=n_frames)
+    bounds = np.searchsorted(det["frame"], np.arange(n_frames + 1), side="left")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for k, row in enumerate(rows):
+        a, b = (0, 0) if row["status"] == "failed" else (bounds[k], bounds[k + 1])
+        dets = {c: det[c][a:b] for c in _TRACK_INPUT} if b > a else {}
+        cols = tracker_input(dets, min_score=min_score, min_diameter_nm=min_diameter_nm)
+        parts["frame"].append(np.full(len(cols["x"]), k, dtype=np.int64))
+        for c in _TRACK_INPUT:
+            parts[c].append(cols[c])
+    columns = {
+        k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64 if k == "frame" else float)
+        for k, v in parts.items()
+    }
+    return columns, stack_fields(frame_field(r) for r in rows)
+
+
+def _global_from_store(
+    session_dir: str,
+    n_frames: int,
+    *,
+    pixel_size_nm: float,
+    frame_shape: tuple[int, int] | None,
+    config: dict[str, Any],
+    init: Solution | None,
+    archived_until: int,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The background re-optimisation (worker process): the history of frames 0 ..
+    `n_frames` − 1 and the online tracks archived until then are read from the store; `init`
+    holds the online tracks alive then (and every fusion)."""
+    cfg = TrackConfig.model_validate(config)
+    with SessionStore(session_dir, readonly=True) as store:
+        columns, fields = stored_history(
+            store,
+            n_frames,
+            min_score=cfg.min_detection_score,
+            min_diameter_nm=cfg.min_detection_diameter_px * pixel_size_nm,
+        )
+        if init is not None:
+            init.tracks.update(_archived(store, until=archived_until))
+    return global_track_columns(
+        columns,
+        pixel_size_nm=pixel_size_nm,
+        frame_shape=frame_shape,
+        n_frames=n_frames,
+        config=config,
+        fields=fields,
+        init=init,
+    )
+
+
+def _archived(store: SessionStore, **where: Any) -> Iterator[tuple[int, Track]]:
+    for tid, start, xy, u, det in store.archived_tracks(**where):
+        yield (
+            tid,
+            Track(
+                tid,
+                start,
+                np.frombuffer(xy, dtype=np.float64).reshape(-1, 2).copy(),
+                np.frombuffer(u, dtype=np.float64).copy(),
+                np.frombuffer(det, dtype=np.int64).copy(),
+            ),
+        )
+
+
+class StoredTracks(MutableMapping[int, Track]):
+    """The online tracker's archive of finished tracks, kept in the store.
+
+    Tracks are written by `flush` (once per frame, stamped with the frame then tracked), read
+    back in the order they were archived; only their ids stay in memory.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        store.clear_archive()  # a tracker starts over (a resumed session replays)
+        self._ids: dict[int, None] = {}  # archive order
+        self._pending: dict[int, Track] = {}
+
+    def flush(self, frame: int) -> None:
+        """Write the tracks archived since the last flush, stamped `frame`."""
+        if not self._pending:
+            return
+        self.store.archive_tracks(
+            (
+                tid,
+                tr.start,
+                np.ascontiguousarray(tr.xy, dtype=np.float64).tobytes(),
+                np.ascontiguousarray(tr.u, dtype=np.float64).tobytes(),
+                np.ascontiguousarray(tr.det, dtype=np.int64).tobytes(),
+                frame,
+            )
+            for tid, tr in self._pending.items()
+        )
+        self._pending.clear()
+
+    def __setitem__(self, tid: int, track: Track) -> None:
+        if tid in self._ids:
+            raise KeyError(f"track {tid} is archived already")
+        self._ids[tid] = None
+        self._pending[tid] = track
+
+    def __getitem__(self, tid: int) -> Track:
+        if tid in self._pending:
+            return self._pending[tid]
+        if tid not in self._ids:
+            raise KeyError(tid)
+        return next(_archived(self.store, track_id=tid))[1]
+
+    def __delitem__(self, tid: int) -> None:
+        raise TypeError("archived tracks are final")
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self._ids
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def items(self) -> Iterator[tuple[int, Track]]:  # type: ignore[override]
+        """(id, track) in archive order, read in one query."""
+        yield from _archived(self.store)
+        yield from self._pending.items()
 
 
 def feed_online(
@@ -223,7 +398,8 @@ class SessionTracker:
     Parameters
     ----------
     store : SessionStore
-        Where commits and new track versions go (written from the calling thread only).
+        Where commits and new track versions go (written from the calling thread only). It
+        holds the history: each frame must be stored before it is given to `update`.
     config : TrackConfig
     pixel_size_nm : float
         Pixel size of frame 0 (geometric mean of y and x), nm.
@@ -254,15 +430,18 @@ class SessionTracker:
         self.config = config
         self.pixel_size_nm = float(pixel_size_nm)
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.archive = StoredTracks(store)
         self.online = OnlineTracker(
-            pixel_size_nm=self.pixel_size_nm, frame_shape=self.frame_shape, config=config
+            pixel_size_nm=self.pixel_size_nm,
+            frame_shape=self.frame_shape,
+            config=config,
+            keep_history=False,
+            archive=self.archive,
         )
         self.version = store.add_tracks([], kind="online", last_frame=-1)
         self.background = background
         self.on_version = on_version
         self.on_commit = on_commit
-        self._columns: dict[str, list[np.ndarray]] = {k: [] for k in ("frame", *_TRACK_INPUT)}
-        self._fields: list[np.ndarray | None] = []  # each frame's registration affine
         self._n_frames = 0
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
@@ -297,30 +476,28 @@ class SessionTracker:
         *,
         replaying: bool = False,
     ) -> None:
-        cols = tracker_input(
-            detections,
-            min_score=self.config.min_detection_score,
-            min_diameter_nm=self.config.min_detection_diameter_px * self.pixel_size_nm,
-        )
-        self._columns["frame"].append(np.full(len(cols["x"]), frame, dtype=np.int64))
-        for k in _TRACK_INPUT:
-            self._columns[k].append(cols[k])
-        field = self._field_of(frame)
-        self._fields.append(field)
+        row = self.store.frame_row(frame)
+        if row is None:
+            raise ValueError(f"frame {frame} is not in the store: store a frame, then track it")
+        cols = tracker_input(detections, **self._keep())
         self._n_frames += 1
-        commit = feed_online(self.online, cols, field)
+        commit = feed_online(self.online, cols, frame_field(row))
+        self.archive.flush(frame)
         if commit is not None:
             rows, events = self._store_commits([commit])
             if self.on_commit is not None and not replaying:
                 self.on_commit(rows, events)
 
-    def _field_of(self, frame: int) -> np.ndarray | None:
-        """The registration affine of `frame` (its row is stored before it is tracked)."""
-        return frame_field(self.store.frame_row(frame))
+    def _keep(self) -> dict[str, float]:
+        """Which detections the tracker takes (`tracker_input`)."""
+        return {
+            "min_score": self.config.min_detection_score,
+            "min_diameter_nm": self.config.min_detection_diameter_px * self.pixel_size_nm,
+        }
 
     def fields(self) -> np.ndarray | None:
-        """The fields of all frames fed so far (see `stack_fields`)."""
-        return stack_fields(self._fields)
+        """The fields of all frames fed so far (see `stack_fields`), from the store."""
+        return stored_history(self.store, self._n_frames, **self._keep())[1]
 
     def _store_commits(
         self, commits: list[Any]
@@ -335,11 +512,8 @@ class SessionTracker:
 
     # -- global re-optimisation ---------------------------------------------------------------
     def columns(self) -> dict[str, np.ndarray]:
-        """All detections fed so far, as tracker input columns."""
-        return {
-            k: np.concatenate(v) if v else np.zeros(0, dtype=np.int64 if k == "frame" else float)
-            for k, v in self._columns.items()
-        }
+        """All detections fed so far, as tracker input columns (read from the store)."""
+        return stored_history(self.store, self._n_frames, **self._keep())[0]
 
     def warm_start(self) -> Solution:
         """The online solution so far, every frame free again: the global start.
@@ -352,12 +526,14 @@ class SessionTracker:
         return unfrozen(self.online.solution)
 
     def _args(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return (self.columns(),), {
+        """Arguments of `global_track_columns` over frames 0..t (read from the store)."""
+        columns, fields = stored_history(self.store, self._n_frames, **self._keep())
+        return (columns,), {
             "pixel_size_nm": self.pixel_size_nm,
             "frame_shape": self.frame_shape,
             "n_frames": self._n_frames,
             "config": self.config.model_dump(),
-            "fields": self.fields(),
+            "fields": fields,
             "init": self.warm_start(),
         }
 
@@ -370,8 +546,17 @@ class SessionTracker:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_lower_priority,
             )
-        args, kwargs = self._args()
-        self._future = self._pool.submit(global_tracks, *args, **kwargs)
+        # The worker reads the history from the store; it is given the live tracks only.
+        self._future = self._pool.submit(
+            _global_from_store,
+            str(Path(self.store.dir)),
+            self._n_frames,
+            pixel_size_nm=self.pixel_size_nm,
+            frame_shape=self.frame_shape,
+            config=self.config.model_dump(),
+            init=unfrozen(self.online.live_solution()),
+            archived_until=self._n_frames - 1,
+        )
         self._future_frames = self._n_frames
         log.info("global re-optimisation of %d frames started", self._n_frames)
 
@@ -380,16 +565,16 @@ class SessionTracker:
             return
         future, self._future = self._future, None
         try:
-            rows, events = future.result()
+            columns, events = future.result()
         except Exception as exc:  # a failed re-optimisation must not stop the session
             log.warning("background global re-optimisation failed: %s", exc)
             return
-        self._add_global(rows, events, self._future_frames - 1)
+        self._add_global(columns, events, self._future_frames - 1)
 
     def _add_global(
-        self, rows: list[dict[str, Any]], events: list[dict[str, Any]], last: int
+        self, columns: Mapping[str, np.ndarray], events: list[dict[str, Any]], last: int
     ) -> int:
-        version = self.store.add_tracks(rows, events, kind="global", last_frame=last)
+        version = self.store.add_track_columns(columns, events, kind="global", last_frame=last)
         self.global_versions.append(version)
         log.info("track version %d: global re-optimisation of frames 0-%d", version, last)
         if self.on_version is not None:
@@ -407,8 +592,8 @@ class SessionTracker:
         if not self._n_frames:
             return None
         args, kwargs = self._args()
-        rows, events = global_tracks(*args, **kwargs)
-        return self._add_global(rows, events, self._n_frames - 1)
+        columns, events = global_track_columns(*args, **kwargs)
+        return self._add_global(columns, events, self._n_frames - 1)
 
     def close(self) -> None:
         """Stop a background re-optimisation that is still running (no result stored)."""
