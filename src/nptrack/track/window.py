@@ -15,16 +15,18 @@ own state is not changed by it.
 
 Memory: the tracker keeps every detection it was given unless ``keep_history=False``; then it
 keeps the full rows of the last frames only (those the window, the commit and the smoother
-read) and each detection's diameter (the history a track's size may be looked up in), and an
-``archive`` mapping given by the caller may keep the tracks that ended elsewhere (a live
-session keeps its history in its store): its memory then grows with the tracks alive, not with
-every detection of the series.
+read) and each detection's diameter (the history a track's size may be looked up in). An
+``archive`` mapping given by the caller may keep the tracks that ended elsewhere, and a
+`TrackParts` the older parts of the tracks still alive (a live session keeps both in its
+store); what stays in memory per detection is then its diameter and, while its track lives,
+its row number (for the sizes-apart test of the moves, `moves.sizes_apart`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -57,7 +59,7 @@ from nptrack.track.smooth import (
     written_output,
 )
 
-__all__ = ["Commit", "OnlineTracker"]
+__all__ = ["Commit", "OnlineTracker", "TrackParts"]
 
 _GATE = 16.0
 
@@ -69,6 +71,46 @@ class Commit:
     frame: int
     tracks: TrackTable
     events: list[Event] = field(default_factory=list)
+
+
+class TrackParts(Protocol):
+    """Where an online tracker puts the old parts of live tracks (``keep_history=False``)."""
+
+    def put(self, tid: int, part: Track) -> None:
+        """Keep `part` of track `tid` (its frames before those the tracker still holds);
+        the parts of a track come oldest first and never change."""
+
+    def joined(self, tid: int, rest: Track) -> Track:
+        """Track `tid` whole: the parts put so far, then `rest` (the frames after them)."""
+
+
+class _History(Mapping[int, Track]):
+    """Live tracks over their whole life for `moves.sizes_apart` (start, end and detection
+    rows; no positions or intensities: those of old parts are not kept)."""
+
+    def __init__(self, tracker: OnlineTracker) -> None:
+        self.tracker = tracker
+
+    def __getitem__(self, tid: int) -> Track:
+        tk = self.tracker
+        tr = tk.sol.tracks[tid]
+        head = tk._head_det.get(tid)
+        if head is None:
+            return tr
+        det = np.concatenate([head.astype(np.int64), tr.det])
+        return Track(
+            tid,
+            tk._born[tid],
+            np.broadcast_to(np.zeros(2), (det.size, 2)),
+            np.broadcast_to(np.zeros(1), (det.size,)),
+            det,
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.tracker.sol.tracks)
+
+    def __len__(self) -> int:
+        return len(self.tracker.sol.tracks)
 
 
 class _OwnSizes(Mapping[int, float]):
@@ -117,6 +159,9 @@ class OnlineTracker:
     archive : mutable mapping of int to Track, optional
         Where tracks that ended before every window go (default: a dict). `solution` reads
         them back from it.
+    parts : TrackParts, optional
+        With ``keep_history=False``: where the parts of live tracks before the frames still
+        held go (default: they stay in memory). `solution` joins them back.
     """
 
     def __init__(
@@ -128,6 +173,7 @@ class OnlineTracker:
         params: EnergyParams | None = None,
         keep_history: bool = True,
         archive: MutableMapping[int, Track] | None = None,
+        parts: TrackParts | None = None,
     ) -> None:
         self.cfg = config or TrackConfig()
         self.W, self.L = self.cfg.window_frames, self.cfg.commit_lag_frames
@@ -158,6 +204,11 @@ class OnlineTracker:
         # work per frame does not grow with the length of the series
         self._archive: MutableMapping[int, Track] = {} if archive is None else archive
         self._archive_fusions: dict[int, Fusion] = {}
+        # live tracks whose first frames were put in `parts`: first frame, detection rows
+        self._parts = parts
+        self._born: dict[int, int] = {}
+        self._head_det: dict[int, np.ndarray] = {}
+        self._history = _History(self)
         self.t = -1
         self.committed_until = -1
         # (step σ0, localisation σ) of the position smoother, measured once on the tracks
@@ -264,13 +315,32 @@ class OnlineTracker:
         return commit
 
     def _let_go(self, f: int) -> None:
-        """Drop the full rows of frames before `f` (their diameters are kept)."""
+        """Drop the full rows of frames before `f` (their diameters are kept), and put the
+        parts of live tracks before `f` in `parts` (their detection rows are kept)."""
         r = self._offsets[max(f, 0)]
         if r <= self._row0:
             return
         k, used = r - self._row0, self._offsets[-1] - self._row0
         self._buf[: used - k] = self._buf[k:used]
         self._row0 = r
+        if self._parts is None:
+            return
+        for tid, tr in list(self.sol.tracks.items()):
+            if tr.start >= f or tr.end < f:
+                continue
+            head = tr.cut(tr.start, f - 1)
+            self._parts.put(tid, head)
+            self._born.setdefault(tid, tr.start)
+            det = head.det.astype(np.int32)
+            old = self._head_det.get(tid)
+            self._head_det[tid] = det if old is None else np.concatenate([old, det])
+            self.sol.tracks[tid] = tr.cut(f, tr.end)
+
+    def _whole(self, tid: int, tr: Track) -> Track:
+        """Track `tid` over its whole life (`tr`: the part in memory)."""
+        if tid not in self._born or self._parts is None:
+            return tr
+        return self._parts.joined(tid, tr)
 
     def finish(self) -> list[Commit]:
         """Commit every remaining frame (end of the series)."""
@@ -291,7 +361,7 @@ class OnlineTracker:
         since = max(w0, sub.frozen_until - 1)
         refine(sub, dets, p, maxiter=2, since=since, relax_iterations=2)
         mover = Mover(
-            sub, dets, p, size_hint=self._own_size, history=(self.sol.tracks, self._diameters)
+            sub, dets, p, size_hint=self._own_size, history=(self._history, self._diameters)
         )
         self._diam = mover.diam
         mover.active = self._active(sub, mover, t)
@@ -471,7 +541,7 @@ class OnlineTracker:
             if not abs(v - both) + p.intensity_tolerance < abs(v - one):
                 continue
             apart = sizes_apart(a, c, dets.diameter_nm)
-            ha, hc = self.sol.tracks.get(a.id), self.sol.tracks.get(c.id)
+            ha, hc = self._history.get(a.id), self._history.get(c.id)
             if apart is None and ha is not None and hc is not None:
                 apart = sizes_apart(ha, hc, self._diameters)  # seen apart before the window
             shared = c.det[-3:]
@@ -523,7 +593,7 @@ class OnlineTracker:
         self.committed_until = c
         alive = sorted(
             (tr for tr in sol.tracks.values() if tr.start <= c <= tr.end),
-            key=lambda tr: (tr.start, tr.id),
+            key=lambda tr: (self._born.get(tr.id, tr.start), tr.id),
         )
         k = np.array([c - tr.start for tr in alive], dtype=np.int64)
         det = np.array([tr.det[i] for tr, i in zip(alive, k, strict=True)], dtype=np.int64)
@@ -594,22 +664,27 @@ class OnlineTracker:
         sol = self.sol
         old = [i for i, tr in sol.tracks.items() if tr.end < f]
         for i in old:
-            self._archive[i] = sol.tracks.pop(i)
+            self._archive[i] = self._whole(i, sol.tracks.pop(i))
             self._own_size.drop(i)
+            self._born.pop(i, None)
+            self._head_det.pop(i, None)
         for c in [c for c in sol.fusions if c in self._archive]:
             self._archive_fusions[c] = sol.fusions.pop(c)
 
     @property
     def solution(self) -> Solution:
         """The whole online solution (archived and live tracks)."""
-        sol = self.live_solution()
+        sol = self.live_solution(whole=True)
         sol.tracks.update({i: t.copy() for i, t in self._archive.items()})
         return sol
 
-    def live_solution(self) -> Solution:
+    def live_solution(self, *, whole: bool = False) -> Solution:
         """`solution` without the archived tracks (every fusion included): adding the
-        archive's tracks in its order gives `solution`."""
+        archive's tracks in its order gives `solution`. Live tracks are the parts in memory
+        unless `whole` (then joined with their parts in `parts`)."""
         sol = self.sol.copy()
+        if whole:
+            sol.tracks = {i: self._whole(i, tr) for i, tr in sol.tracks.items()}
         sol.fusions.update(self._archive_fusions)
         return sol
 
@@ -617,7 +692,8 @@ class OnlineTracker:
         """Typical diameter of a track (median over the window, else its last detections)."""
         if tr.id in self._diam:
             return self._diam[tr.id]
-        d = tr.det[tr.det >= 0][-10:]
+        d = self._history[tr.id].det if tr.id in self._head_det else tr.det
+        d = d[d >= 0][-10:]
         return float(self._diameters[d].mean()) if d.size else self.params.reference_diameter_nm
 
     def _events(self, c: int) -> list[Event]:
