@@ -195,8 +195,8 @@ def test_session_tracker_holds_a_window_and_commits_what_a_full_history_tracker_
 
     from nptrack.pipeline.tracking import (
         StoredTracks,
-        _archived,
         feed_online,
+        stored_start,
         table_rows,
         unfrozen,
     )
@@ -227,10 +227,15 @@ def test_session_tracker_holds_a_window_and_commits_what_a_full_history_tracker_
         assert len(online._buf) == capacity < per_frame.sum()  # no growth after warm-up
         with pytest.raises(RuntimeError, match="let go"):
             _ = online.detections
-        # Finished tracks are in the store, not in memory (only their ids are).
+        # Finished tracks are in the store, not in memory (only their ids are); so are the
+        # old parts of live tracks: what is in memory starts with the frames still held.
         assert isinstance(online._archive, StoredTracks) and not online._archive._pending
-        n_archived = store._db.execute("SELECT COUNT(*) FROM online_archive").fetchone()[0]
+        n_archived = len(list(store.online_tracks("archive")))
         assert n_archived == len(online._archive) == len(full._archive) > 0
+        first_held = online._offsets.index(online._row0)
+        assert min(tr.start for tr in online.sol.tracks.values()) >= first_held
+        long_lived = [tr for tr in full.sol.tracks.values() if tr.start < 10]
+        assert long_lived and all(online.sol.tracks[tr.id].start > 10 for tr in long_lived)
         # Same commits as the tracker that keeps everything.
         key = itemgetter("track_id", "frame")
         assert store.tracks(tracker.version) == sorted(committed, key=key)
@@ -241,8 +246,8 @@ def test_session_tracker_holds_a_window_and_commits_what_a_full_history_tracker_
         np.testing.assert_array_equal(cols["x"], dets_all.xy[:, 0])
         np.testing.assert_array_equal(cols["diameter_nm"], dets_all.diameter_nm)
         # The background worker's start (live tracks + the store's archive) is the full one.
-        init = unfrozen(online.live_solution())
-        init.tracks.update(_archived(store, until=n_frames - 1))
+        assert list(store.online_tracks("part"))  # live tracks' old parts are stored
+        init = stored_start(store, unfrozen(online.live_solution()), until=n_frames - 1)
         ref = unfrozen(full.solution)
         assert list(init.tracks) == list(ref.tracks) and init.fusions == ref.fusions
         for tid, tr in ref.tracks.items():

@@ -7,7 +7,8 @@ global re-optimisation publishes one); exports use the newest.
 
 The store is also where a live session's history stays (not in the process's memory): the
 global re-optimisation reads the detections from it (`detection_columns`), and the online
-tracker's finished tracks go to ``online_archive`` (rebuilt when a session resumes).
+tracker's finished tracks and the old parts of its live tracks go to ``online_tracks``
+(rebuilt when a session resumes).
 """
 
 from __future__ import annotations
@@ -71,9 +72,10 @@ CREATE INDEX IF NOT EXISTS tracks_version ON tracks (version, frame);
 CREATE TABLE IF NOT EXISTS events (
     version INTEGER, frame INTEGER, type TEXT, track_ids TEXT, detail TEXT);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS online_archive (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, track_id INTEGER UNIQUE, start INTEGER,
-    xy BLOB, u BLOB, det BLOB, archived_at INTEGER);
+CREATE TABLE IF NOT EXISTS online_tracks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, track_id INTEGER, start INTEGER,
+    xy BLOB, u BLOB, det BLOB, stamp INTEGER);
+CREATE INDEX IF NOT EXISTS online_tracks_id ON online_tracks (kind, track_id);
 CREATE TABLE IF NOT EXISTS atom_columns (
     frame INTEGER, det_id INTEGER, column_id INTEGER, x REAL, y REAL, occupancy INTEGER,
     confidence REAL, occupancy_net INTEGER, occupancy_count INTEGER, intensity REAL,
@@ -322,31 +324,34 @@ class SessionStore:
             ],
         )
 
-    def clear_archive(self) -> None:
-        """Empty ``online_archive`` (a tracker starting over, e.g. replaying on resume)."""
+    def clear_online_tracks(self) -> None:
+        """Empty ``online_tracks`` (a tracker starting over, e.g. replaying on resume)."""
         with self._db:
-            self._db.execute("DELETE FROM online_archive")
+            self._db.execute("DELETE FROM online_tracks")
 
-    def archive_tracks(self, tracks: Iterable[tuple[int, int, bytes, bytes, bytes, int]]) -> None:
-        """Add finished online tracks: (track_id, start, xy, u, det, archived_at) each, the
-        arrays as raw float64 / float64 / int64 bytes, `archived_at` the frame then tracked."""
+    def add_online_tracks(
+        self, kind: str, tracks: Iterable[tuple[int, int, bytes, bytes, bytes, int]]
+    ) -> None:
+        """Add online tracks of `kind` ('archive': finished tracks; 'part': old parts of
+        live tracks): (track_id, start, xy, u, det, stamp) each, the arrays as raw float64 /
+        float64 / int64 bytes, `stamp` the frame tracked when they were added."""
         with self._db:
             self._db.executemany(
-                "INSERT INTO online_archive (track_id, start, xy, u, det, archived_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                tracks,
+                "INSERT INTO online_tracks (kind, track_id, start, xy, u, det, stamp) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((kind, *t) for t in tracks),
             )
 
-    def archived_tracks(
-        self, *, until: int | None = None, track_id: int | None = None
+    def online_tracks(
+        self, kind: str, *, until: int | None = None, track_id: int | None = None
     ) -> Iterator[tuple[int, int, bytes, bytes, bytes]]:
-        """Finished online tracks (track_id, start, xy, u, det) in the order they were added;
-        only those archived at frames ≤ `until`, or only `track_id`."""
-        sql, args = "SELECT track_id, start, xy, u, det FROM online_archive", []
+        """Online tracks of `kind` (track_id, start, xy, u, det) in the order they were
+        added; only those added at frames ≤ `until`, and / or only `track_id`."""
+        sql, args = "SELECT track_id, start, xy, u, det FROM online_tracks WHERE kind = ?", [kind]
         if until is not None:
-            sql, args = sql + " WHERE archived_at <= ?", [until]
-        elif track_id is not None:
-            sql, args = sql + " WHERE track_id = ?", [track_id]
+            sql, args = sql + " AND stamp <= ?", [*args, until]
+        if track_id is not None:
+            sql, args = sql + " AND track_id = ?", [*args, track_id]
         yield from self._db.execute(sql + " ORDER BY seq", args)
 
     # -- reading ----------------------------------------------------------------------------

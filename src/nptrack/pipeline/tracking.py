@@ -17,8 +17,9 @@ Memory: the history is the store's, not the process's. A frame is stored before 
 tracked; the global re-optimisation reads the detections and fields of frames 0..t from the
 store (`stored_history`) in its worker process, and hands back its result as columns; the
 online tracker keeps only its window's rows and each detection's diameter
-(``keep_history=False``), and its finished tracks go to the store (`StoredTracks`). What the
-process keeps grows with the tracks alive, not with the detections of the series.
+(``keep_history=False``), and its finished tracks and the old parts of its live tracks go to
+the store (`StoredTracks`). What the process keeps per detection is its diameter and, while
+its track lives, its row number (12 bytes), not the detection and its track point.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ __all__ = [
     "global_tracks",
     "stack_fields",
     "stored_history",
+    "stored_start",
     "table_rows",
     "tracker_input",
     "unfrozen",
@@ -224,7 +226,7 @@ def _global_from_store(
             min_diameter_nm=cfg.min_detection_diameter_px * pixel_size_nm,
         )
         if init is not None:
-            init.tracks.update(_archived(store, until=archived_until))
+            init = stored_start(store, init, until=archived_until)
     return global_track_columns(
         columns,
         pixel_size_nm=pixel_size_nm,
@@ -236,8 +238,32 @@ def _global_from_store(
     )
 
 
-def _archived(store: SessionStore, **where: Any) -> Iterator[tuple[int, Track]]:
-    for tid, start, xy, u, det in store.archived_tracks(**where):
+def stored_start(store: SessionStore, live: Solution, *, until: int) -> Solution:
+    """The online solution as of frame `until` (`OnlineTracker.solution`) from its live
+    part (`OnlineTracker.live_solution` then) and the tracks and parts stored until then."""
+    parts: dict[int, list[Track]] = {}
+    for tid, part in _stored(store, "part", until=until):
+        parts.setdefault(tid, []).append(part)
+    live.tracks = {i: _join([*parts.get(i, []), tr]) for i, tr in live.tracks.items()}
+    live.tracks.update(_stored(store, "archive", until=until))
+    return live
+
+
+def _join(parts: list[Track]) -> Track:
+    """One track of consecutive parts (oldest first)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Track(
+        parts[0].id,
+        parts[0].start,
+        np.concatenate([p.xy for p in parts]),
+        np.concatenate([p.u for p in parts]),
+        np.concatenate([p.det for p in parts]),
+    )
+
+
+def _stored(store: SessionStore, kind: str, **where: Any) -> Iterator[tuple[int, Track]]:
+    for tid, start, xy, u, det in store.online_tracks(kind, **where):
         yield (
             tid,
             Track(
@@ -250,35 +276,56 @@ def _archived(store: SessionStore, **where: Any) -> Iterator[tuple[int, Track]]:
         )
 
 
-class StoredTracks(MutableMapping[int, Track]):
-    """The online tracker's archive of finished tracks, kept in the store.
+def _blobs(
+    items: Iterable[tuple[int, Track]], frame: int
+) -> Iterator[tuple[int, int, bytes, bytes, bytes, int]]:
+    for tid, tr in items:
+        yield (
+            tid,
+            tr.start,
+            np.ascontiguousarray(tr.xy, dtype=np.float64).tobytes(),
+            np.ascontiguousarray(tr.u, dtype=np.float64).tobytes(),
+            np.ascontiguousarray(tr.det, dtype=np.int64).tobytes(),
+            frame,
+        )
 
-    Tracks are written by `flush` (once per frame, stamped with the frame then tracked), read
-    back in the order they were archived; only their ids stay in memory.
+
+class StoredTracks(MutableMapping[int, Track]):
+    """The online tracker's finished tracks (a mapping: its archive) and the old parts of its
+    live tracks (a `TrackParts`), kept in the store's ``online_tracks``.
+
+    Both are written by `flush` (once per frame, stamped with the frame then tracked) and read
+    back in the order they were added; only the ids of finished tracks stay in memory.
     """
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
-        store.clear_archive()  # a tracker starts over (a resumed session replays)
+        store.clear_online_tracks()  # a tracker starts over (a resumed session replays)
         self._ids: dict[int, None] = {}  # archive order
         self._pending: dict[int, Track] = {}
+        self._pending_parts: list[tuple[int, Track]] = []
 
     def flush(self, frame: int) -> None:
-        """Write the tracks archived since the last flush, stamped `frame`."""
-        if not self._pending:
-            return
-        self.store.archive_tracks(
-            (
-                tid,
-                tr.start,
-                np.ascontiguousarray(tr.xy, dtype=np.float64).tobytes(),
-                np.ascontiguousarray(tr.u, dtype=np.float64).tobytes(),
-                np.ascontiguousarray(tr.det, dtype=np.int64).tobytes(),
-                frame,
-            )
-            for tid, tr in self._pending.items()
-        )
-        self._pending.clear()
+        """Write the tracks and parts added since the last flush, stamped `frame`."""
+        if self._pending_parts:
+            self.store.add_online_tracks("part", _blobs(self._pending_parts, frame))
+            self._pending_parts.clear()
+        if self._pending:
+            self.store.add_online_tracks("archive", _blobs(self._pending.items(), frame))
+            self._pending.clear()
+
+    # -- TrackParts ---------------------------------------------------------------------------
+    def put(self, tid: int, part: Track) -> None:
+        """Keep an old part of live track `tid` (written at the next `flush`)."""
+        self._pending_parts.append((tid, part))
+
+    def joined(self, tid: int, rest: Track) -> Track:
+        """Track `tid` whole: its parts (stored, then pending), then `rest`."""
+        parts = [p for _, p in _stored(self.store, "part", track_id=tid)]
+        parts += [p for i, p in self._pending_parts if i == tid]
+        return _join([*parts, rest])
+
+    # -- archive mapping ----------------------------------------------------------------------
 
     def __setitem__(self, tid: int, track: Track) -> None:
         if tid in self._ids:
@@ -291,7 +338,7 @@ class StoredTracks(MutableMapping[int, Track]):
             return self._pending[tid]
         if tid not in self._ids:
             raise KeyError(tid)
-        return next(_archived(self.store, track_id=tid))[1]
+        return next(_stored(self.store, "archive", track_id=tid))[1]
 
     def __delitem__(self, tid: int) -> None:
         raise TypeError("archived tracks are final")
@@ -307,7 +354,7 @@ class StoredTracks(MutableMapping[int, Track]):
 
     def items(self) -> Iterator[tuple[int, Track]]:  # type: ignore[override]
         """(id, track) in archive order, read in one query."""
-        yield from _archived(self.store)
+        yield from _stored(self.store, "archive")
         yield from self._pending.items()
 
 
@@ -437,6 +484,7 @@ class SessionTracker:
             config=config,
             keep_history=False,
             archive=self.archive,
+            parts=self.archive,
         )
         self.version = store.add_tracks([], kind="online", last_frame=-1)
         self.background = background
