@@ -129,6 +129,13 @@ class MeasureConfig(_Stage):
         description="drop regions darker (bright particles) or brighter (dark particles) than "
         "their local background: pores and holes found by a two-contrast model",
     )
+    opposite_contrast_keep_sigma: float = Field(
+        3.0,
+        ge=0,
+        description="a region that fails the polarity test is kept whole when it stands this "
+        "many noise sigmas above its own 3 px ring of unmasked pixels (a particle sitting in "
+        "a pore); 0: off",
+    )
     fit_border_centres: bool = Field(
         True,
         description="a particle cut by the frame edge is placed at the centre of the circle "

@@ -204,3 +204,13 @@ def test_intensity_weighted_centroid() -> None:
     assert cols["y"][0] == pytest.approx((w * np.arange(10, 13)[:, None]).sum() / w.sum())
     probability = np.where(labels > 0, 0.8, 0.1)
     assert measure_particles(labels, probability=probability)["score"][0] == pytest.approx(0.8)
+
+
+def test_an_empty_frame_has_no_particles() -> None:
+    # A blank frame (beam blanked, nothing segmented) is measured, not an error.
+    from nptrack.measure import detect_particles
+
+    empty = np.zeros((32, 40))
+    found = detect_particles(empty, empty + 10.0, threshold=0.5, pixel_size_nm=(0.2, 0.2))
+    assert found.count == 0 and found.columns["x"].shape == (0,)
+    assert found.labels.shape == (32, 40) and not found.labels.any()

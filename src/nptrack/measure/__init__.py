@@ -169,11 +169,80 @@ def _cut_opposite_contrast(
     balance = np.bincount(region, weights=contrast_map, minlength=n + 1)
     bad = balance <= 0
     bad[0] = False
+    if bad.any() and config.opposite_contrast_keep_sigma > 0:
+        # A particle that sits in a pore is darker than the support around the pore but
+        # brighter than the pore floor around itself: kept whole when it stands clear of its
+        # own ring of unmasked pixels.
+        noise = _smoothed_noise(img)
+        keep = _stands_out(
+            regions, np.flatnonzero(bad), blurred, mask, sign, noise=noise,
+            sigmas=config.opposite_contrast_keep_sigma,
+        )  # fmt: skip
+        bad &= ~keep
     if not bad.any():
         return mask, sign
     out = mask.copy()
     out.ravel()[at[bad[region] & (contrast_map <= 0)]] = False
     return clean_mask(out, min_area_px=speck_px, max_hole_px=hole_px), sign
+
+
+RING_PX = 3
+"""Width (px) of the ring of unmasked pixels a region is compared with in `_stands_out`."""
+
+
+def _stands_out(
+    regions: np.ndarray,
+    which: np.ndarray,
+    blurred: np.ndarray,
+    mask: np.ndarray,
+    sign: float,
+    *,
+    noise: float,
+    ring_px: int = RING_PX,
+    sigmas: float = 3.0,
+) -> np.ndarray:
+    """Whether each region stands out of its surroundings in the particles' polarity.
+
+    Parameters
+    ----------
+    regions : ndarray of int, shape (H, W)
+        Region labels (0 = background).
+    which : ndarray of int
+        Labels to test.
+    blurred : ndarray of float, shape (H, W)
+        The frame smoothed by a 1 px Gaussian.
+    mask : ndarray of bool, shape (H, W)
+        All regions.
+    sign : float
+        +1 bright particles, -1 dark.
+    noise : float
+        Noise sigma of `blurred` (`_smoothed_noise` of the frame).
+    ring_px, sigmas
+        A region stands out when its mean exceeds the mean of the unmasked pixels within
+        `ring_px` of it by `sigmas` × `noise`.
+
+    Returns
+    -------
+    ndarray of bool, shape (max label + 1,)
+        True at the labels in `which` that stand out.
+    """
+    import cv2
+
+    out = np.zeros(int(regions.max()) + 1, dtype=bool)
+    h, w = regions.shape
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
+    ys, xs = np.nonzero(np.isin(regions, which))
+    for lab in which.tolist():
+        at = regions[ys, xs] == lab
+        r0, r1 = max(int(ys[at].min()) - ring_px, 0), min(int(ys[at].max()) + ring_px + 1, h)
+        c0, c1 = max(int(xs[at].min()) - ring_px, 0), min(int(xs[at].max()) + ring_px + 1, w)
+        own = regions[r0:r1, c0:c1] == lab
+        ring = cv2.dilate(own.view(np.uint8), kernel).view(bool) & ~mask[r0:r1, c0:c1]
+        if not ring.any():
+            continue
+        crop = blurred[r0:r1, c0:c1]
+        out[lab] = sign * (float(crop[own].mean()) - float(crop[ring].mean())) > sigmas * noise
+    return out
 
 
 def _polarity(

@@ -575,6 +575,7 @@ def measure_particles(
     counts = np.diff(offsets)
     vertex_particle = np.repeat(loop_particle, counts)
     first = np.nonzero(np.r_[True, loop_particle[1:] != loop_particle[:-1]])[0]
+    first = first[: loop_particle.size]  # none on an empty label image
     present = loop_particle[first]  # particles with pixels, ascending
     at = offsets[first] if present.size else np.zeros(0, np.int64)
     lo = np.minimum.reduceat(points, at, axis=0) + 0.5 if present.size else np.zeros((0, 2))
