@@ -129,26 +129,3 @@ def test_online_keeps_a_particle_under_a_blob_past_the_commit() -> None:
     shared = online.det_id[online.det_id >= 0]
     assert np.bincount(shared).max() == 2
     assert (np.bincount(shared) == 2).sum() >= blob.sum() - 2
-
-
-def test_fusion_links_outlive_the_window() -> None:
-    # A fusion whose parents ended before the window still links them to the child in the
-    # online solution (the warm start of the global re-optimisation reads it): one link per
-    # committed fusion event, with the same child and parents.
-    cfg = TrackConfig()
-    sc, ot, commits = _run(2, cfg, crossing=False)
-    events = [e for c in commits for e in c.events if e.type == "fusion"]
-    assert events, "the scene has fusions"
-    last = max(e.frame for e in events)
-    assert sc.dets.n_frames - last > cfg.window_frames  # the parents left the window
-    names = {tid: ot._name(tid) for tid in ot.solution.tracks}
-    links = sorted(
-        (tuple(sorted(names[p] for p in f.parents)), names[c])
-        for c, f in ot.solution.fusions.items()
-    )
-    committed = sorted(
-        (tuple(sorted(int(i) for i in e.track_ids.split(">")[0].split("+"))),
-         int(e.track_ids.split(">")[1]))
-        for e in events
-    )  # fmt: skip
-    assert links == committed

@@ -572,14 +572,7 @@ class OnlineTracker:
                     np.concatenate([head.det, tr.det]),
                 )
             sol.tracks[tid] = tr
-        # The window re-decides a fusion only when it holds all its members (`_window`); one
-        # whose parents ended before the window stands, or the link is lost while its child
-        # lives on.
-        gone = [
-            c
-            for c, f in sol.fusions.items()
-            if c not in sol.tracks or (c in sub.tracks and all(m in sub.tracks for m in f.parents))
-        ]
+        gone = [c for c in sol.fusions if c in sub.tracks or c not in sol.tracks]
         for cid in gone:
             sol.fusions.pop(cid)
         sol.fusions.update(sub.fusions)
