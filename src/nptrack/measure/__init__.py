@@ -231,11 +231,11 @@ def _stands_out(
     out = np.zeros(int(regions.max()) + 1, dtype=bool)
     h, w = regions.shape
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * ring_px + 1, 2 * ring_px + 1))
-    ys, xs = np.nonzero(np.isin(regions, which))
+    boxes = ndi.find_objects(regions)
     for lab in which.tolist():
-        at = regions[ys, xs] == lab
-        r0, r1 = max(int(ys[at].min()) - ring_px, 0), min(int(ys[at].max()) + ring_px + 1, h)
-        c0, c1 = max(int(xs[at].min()) - ring_px, 0), min(int(xs[at].max()) + ring_px + 1, w)
+        rows, cols = boxes[lab - 1]
+        r0, r1 = max(rows.start - ring_px, 0), min(rows.stop + ring_px, h)
+        c0, c1 = max(cols.start - ring_px, 0), min(cols.stop + ring_px, w)
         own = regions[r0:r1, c0:c1] == lab
         ring = cv2.dilate(own.view(np.uint8), kernel).view(bool) & ~mask[r0:r1, c0:c1]
         if not ring.any():

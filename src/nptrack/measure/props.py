@@ -176,6 +176,16 @@ def _calipers(hulls: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return width, diameter
 
 
+def _outer_loops(counts: np.ndarray, loop_particle: np.ndarray) -> np.ndarray:
+    """Index of each particle's outer boundary among its loops (the longest: holes lie inside
+    it), by ascending particle."""
+    order = np.lexsort((np.arange(counts.size), -counts, loop_particle))
+    if not order.size:
+        return order
+    particle = loop_particle[order]
+    return order[np.r_[True, particle[1:] != particle[:-1]]]
+
+
 def _outline_shapes(
     points: np.ndarray,
     offsets: np.ndarray,
@@ -210,9 +220,7 @@ def _outline_shapes(
     p = points * np.asarray(spacing, dtype=float)
     length, area, _ = _closed_polylines(p, counts)
     # The outer boundary is the longest loop (as the first of `outline`); holes lie inside it.
-    order = np.lexsort((np.arange(counts.size), -counts, loop_particle))
-    particle = loop_particle[order]
-    outer = order[np.r_[True, particle[1:] != particle[:-1]]]
+    outer = _outer_loops(counts, loop_particle)
     who = loop_particle[outer]
     out["perimeter"][who] = np.bincount(loop_particle, weights=length, minlength=n)[who]
     holes = np.bincount(loop_particle, weights=area, minlength=n)[who] - area[outer]
@@ -446,10 +454,7 @@ def _border_centres(
     """
     height, width = shape
     out: dict[int, tuple[float, float]] = {}
-    counts = np.diff(offsets)
-    order = np.lexsort((np.arange(counts.size), -counts, loop_particle))
-    particle = loop_particle[order]
-    outer = order[np.r_[True, particle[1:] != particle[:-1]]] if order.size else order
+    outer = _outer_loops(np.diff(offsets), loop_particle)
     loop_of = dict(zip(loop_particle[outer].tolist(), outer.tolist(), strict=True))
     for i in which.tolist():
         k = loop_of.get(i)

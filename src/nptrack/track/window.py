@@ -295,7 +295,9 @@ class OnlineTracker:
         self._offsets.append(base + n)
         if t >= len(self._field_given):
             self._field_buf = np.concatenate([self._field_buf, np.zeros_like(self._field_buf)])
-            self._field_given = np.concatenate([self._field_given, self._field_given & False])
+            self._field_given = np.concatenate(
+                [self._field_given, np.zeros_like(self._field_given)]
+            )
         if field is not None:
             self._field_buf[t] = np.asarray(field, float).reshape(2, 3)
             self._field_given[t] = True
