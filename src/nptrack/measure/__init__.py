@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from nptrack.config import MeasureConfig
 from nptrack.measure.props import DETECTION_COLUMNS, _median, fit_circle, measure_particles
 from nptrack.measure.refine import refine_outlines
-from nptrack.measure.split import SplitResult, clean_mask, split_particles
+from nptrack.measure.split import SplitResult, clean_mask, fill_separation_lines, split_particles
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -79,6 +79,7 @@ def detect_particles(
     pixel_size_nm: tuple[float, float] | None = None,
     contrast: Literal["bright", "dark", "auto"] = "auto",
     config: MeasureConfig | None = None,
+    separation_px: int = 0,
 ) -> Particles:
     """Threshold, clean, separate and measure the particles of one frame.
 
@@ -96,6 +97,10 @@ def detect_particles(
         Particle contrast for the intensity measures.
     config : MeasureConfig, optional
         Sizes, separation method and thresholds (defaults when None).
+    separation_px : int
+        Half-width of the background lines the model leaves between touching particles
+        (its metadata's ``separation_px``; 0 for models without): the lines are given back
+        to the particles after separation (`fill_separation_lines`).
 
     Returns
     -------
@@ -113,8 +118,9 @@ def detect_particles(
         mask, sign = _cut_opposite_contrast(mask, image, contrast, config, speck, hole)
         side = "bright" if sign > 0 else "dark"
     labels, columns = _split_and_measure(
-        mask, image, probability, pixel_size_nm, contrast, config, side=side
-    )
+        mask, image, probability, pixel_size_nm, contrast, config, side=side,
+        separation_px=separation_px,
+    )  # fmt: skip
     if config.reject_opposite_contrast and image is not None and columns["label"].size:
         # Measured against its own background ring, intensity is positive for the particles'
         # contrast: what is still at or below its ring is not a particle.
@@ -277,6 +283,7 @@ def _split_and_measure(
     config: MeasureConfig,
     *,
     side: Literal["bright", "dark"] | None = None,
+    separation_px: int = 0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     _, _, marker = min_areas_px(config, pixel_size_nm)
     if side is None and image is not None and contrast in ("bright", "dark"):
@@ -299,7 +306,11 @@ def _split_and_measure(
         image=smooth,
         intensity_h=intensity_h,
     )
-    labels = split.labels
+    labels, separated = split.labels, split.separated
+    if separation_px > 0:
+        labels, touching = fill_separation_lines(labels, separation_px=separation_px)
+        separated = separated.copy()
+        separated[touching - 1] = True
     if config.refine_band_px > 0 and image is not None and labels.max(initial=0) > 0:
         # The segmenter's threshold was chosen for overlap, not size: the outline is placed
         # at a fixed fraction of each particle's contrast over its surroundings in the image.
@@ -320,7 +331,7 @@ def _split_and_measure(
         background_ring_px=config.background_ring_px,
         intensity_margin_px=config.intensity_margin_px,
         convexity_threshold=config.convexity_threshold,
-        separated=split.separated,
+        separated=separated,
         fit_border_centres=config.fit_border_centres,
     )
     return labels, columns

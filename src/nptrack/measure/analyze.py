@@ -188,6 +188,7 @@ def analyze_frame(
         pixel_size_nm=frame.pixel_size_nm,
         contrast=used,  # type: ignore[arg-type]
         config=config.measure,
+        separation_px=getattr(segmenter, "input_separation_px", 0),
     )
     return particles, used
 

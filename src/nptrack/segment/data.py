@@ -38,6 +38,7 @@ __all__ = [
     "load_supports",
     "make_batch",
     "make_column_batch",
+    "separation_target",
     "shapes_sample",
     "simulate_frame",
     "simulate_sample",
@@ -76,6 +77,14 @@ class DataConfig(BaseModel):
     supports_pixel_size_nm: float | None = Field(
         None, gt=0, description="for support files without a calibration"
     )
+    separation_px: int = Field(
+        0,
+        ge=0,
+        le=4,
+        description="particle pixels this close to another particle are taught as background "
+        "(a line 2 x separation_px wide between touching particles); 0 = off",
+    )
+    separation_weight: float = Field(10.0, ge=1, description="loss weight of those pixels")
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -83,7 +92,11 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def simulate_sample(
-    cfg: DataConfig, *, rng: np.random.Generator, modality: str | None = None
+    cfg: DataConfig,
+    *,
+    rng: np.random.Generator,
+    modality: str | None = None,
+    instances: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One simulator frame of ``cfg.tile_px``² and its particle mask.
 
@@ -94,10 +107,14 @@ def simulate_sample(
     image : ndarray of float32, shape (tile_px, tile_px)
         Counts (not normalised).
     mask : ndarray of uint8, shape (tile_px, tile_px)
-        1 on particles.
+        1 on particles; with ``instances``, int32 particle ids (0 = background).
     """
     sim = simulate_frame(cfg, rng=rng, modality=modality)
-    return sim.image.astype(np.float32), (sim.labels > 0).astype(np.uint8)
+    return sim.image.astype(np.float32), _mask_or_ids(sim.labels, instances)
+
+
+def _mask_or_ids(labels: np.ndarray, instances: bool) -> np.ndarray:
+    return labels.astype(np.int32) if instances else (labels > 0).astype(np.uint8)
 
 
 def simulate_frame(
@@ -234,6 +251,7 @@ def shapes_sample(
     coverage: tuple[float, float],
     overlay_probability: float,
     rng: np.random.Generator,
+    instances: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A randomised micrograph-like scene of particles and its mask.
 
@@ -248,11 +266,14 @@ def shapes_sample(
     overlay_probability : float
         Chance of burned-in text and a scale bar (background in the mask).
     rng : numpy.random.Generator
+    instances : bool
+        Return particle ids instead of a mask (where shapes overlap, the later one's).
 
     Returns
     -------
     image : ndarray of float32, shape (size_px, size_px)
     mask : ndarray of uint8, shape (size_px, size_px)
+        1 on particles; with ``instances``, int32 particle ids (0 = background).
     """
     shape = (size_px, size_px)
     sign = 1.0 if rng.random() < 0.5 else -1.0  # bright or dark particles
@@ -273,7 +294,7 @@ def shapes_sample(
         bg -= sign * rng.uniform(0.2, 1.0) * contrast * soft
     tex_corr = _log_uniform(rng, 0.6, 8.0)
     bg += _log_uniform(rng, 0.01, 0.4) * contrast * _field(shape, tex_corr, rng)
-    img, mask = bg.copy(), np.zeros(shape, np.uint8)
+    img, ids = bg.copy(), np.zeros(shape, np.int32)
     spread = rng.uniform(0.03, 0.35)
     kinds = rng.choice(_KINDS, size=rng.integers(1, 3))
     look = str(rng.choice(_LOOKS))
@@ -337,9 +358,9 @@ def shapes_sample(
         if halo:
             ring = np.exp(-(((rho - 1) * np.sqrt(a * b) / 1.5) ** 2)) * (rho > 1)
             patch -= sign * halo * contrast * ring.astype(np.float32)
-        mask[y0:y1, x0:x1] |= (rho < 1).astype(np.uint8)
+        ids[y0:y1, x0:x1][rho < 1] = len(centres)
     if rng.random() < overlay_probability:
-        _overlay(img, mask, rng)
+        _overlay(img, ids, rng)
     blur = rng.uniform(0, 1.5)
     if blur > 0.3:
         img = cv2.GaussianBlur(img, (0, 0), blur)
@@ -352,7 +373,7 @@ def shapes_sample(
             _, buf = cv2.imencode(".jpg", u8, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 95))])
             u8 = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
         img = u8.astype(np.float32)
-    return img.astype(np.float32), mask
+    return img.astype(np.float32), _mask_or_ids(ids, instances)
 
 
 def _overlay(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
@@ -441,9 +462,16 @@ def load_supports(cfg: DataConfig) -> list[np.ndarray]:
 
 
 def support_sample(
-    supports: list[np.ndarray], cfg: DataConfig, *, rng: np.random.Generator
+    supports: list[np.ndarray],
+    cfg: DataConfig,
+    *,
+    rng: np.random.Generator,
+    instances: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic particles pasted on a random crop of a real support image (Faraz et al.)."""
+    """Synthetic particles pasted on a random crop of a real support image (Faraz et al.).
+
+    Returns the image and the particle mask (int32 particle ids with ``instances``).
+    """
     from nptrack.simulate.particles import random_particles
     from nptrack.simulate.stem import paste_particles
 
@@ -477,7 +505,44 @@ def support_sample(
         blur_fwhm_nm=rng.uniform(0.08, 0.3),
         rng=rng,
     )
-    return sim.image, (sim.labels > 0).astype(np.uint8)
+    return sim.image, _mask_or_ids(sim.labels, instances)
+
+
+def separation_target(
+    ids: np.ndarray, *, separation_px: int, weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask with background lines between touching particles, and the loss weight per pixel.
+
+    A particle pixel with a pixel of another particle within ``separation_px`` (Chebyshev
+    distance) becomes background, so touching particles are taught as separate blobs
+    (Ronneberger et al., MICCAI 2015); those pixels get the loss weight ``weight``.
+
+    Parameters
+    ----------
+    ids : ndarray of int, shape (H, W)
+        Particle ids, 0 = background.
+    separation_px : int
+        Half-width of the line, pixels (0: plain mask, weight 1).
+    weight : float
+
+    Returns
+    -------
+    target : ndarray of float32, shape (H, W)
+        0 or 1.
+    weights : ndarray of float32, shape (H, W)
+    """
+    ids = np.asarray(ids, np.int32)
+    inside = ids > 0
+    if separation_px <= 0 or not inside.any():
+        return inside.astype(np.float32), np.ones(ids.shape, np.float32)
+    kernel = np.ones((2 * separation_px + 1,) * 2, np.uint8)
+    # Largest and smallest particle id nearby; background must not count as a smaller id.
+    highest = cv2.dilate(ids.astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
+    nonzero = np.where(inside, ids, np.iinfo(np.int32).max).astype(np.float32)
+    lowest = cv2.erode(nonzero, kernel, borderType=cv2.BORDER_REPLICATE)
+    line = inside & ((highest > ids) | (lowest < ids))
+    target = (inside & ~line).astype(np.float32)
+    return target, np.where(line, np.float32(weight), np.float32(1.0))
 
 
 def make_batch(
@@ -502,15 +567,18 @@ def make_batch(
     -------
     x : ndarray of float32, shape (batch_size, 1, tile_px, tile_px)
         Normalised images.
-    y : ndarray of float32, shape (batch_size, 1, tile_px, tile_px)
-        Particle masks (0 or 1).
+    y : ndarray of float32, shape (batch_size, C, tile_px, tile_px)
+        Channel 0: particle masks (0 or 1). With ``cfg.separation_px`` > 0 (C = 2), the masks
+        have background lines between touching particles (:func:`separation_target`) and
+        channel 1 is the loss weight per pixel.
     """
     xs, ys = [], []
+    sep = cfg.separation_px
     for _ in range(batch_size):
         if supports and rng.random() < cfg.supports_fraction:
-            img, mask = support_sample(supports, cfg, rng=rng)
+            img, mask = support_sample(supports, cfg, rng=rng, instances=sep > 0)
         elif rng.random() < cfg.sim_fraction:
-            img, mask = simulate_sample(cfg, rng=rng)
+            img, mask = simulate_sample(cfg, rng=rng, instances=sep > 0)
         else:
             img, mask = shapes_sample(
                 cfg.tile_px,
@@ -518,14 +586,17 @@ def make_batch(
                 coverage=cfg.coverage,
                 overlay_probability=cfg.overlay_probability,
                 rng=rng,
+                instances=sep > 0,
             )
         x, m = augment(img, mask, cfg, rng=rng)
         xs.append(x)
-        ys.append(m)
-    return (
-        np.stack(xs)[:, None].astype(np.float32),
-        np.stack(ys)[:, None].astype(np.float32),
-    )
+        if sep > 0:
+            ys.append(
+                np.stack(separation_target(m, separation_px=sep, weight=cfg.separation_weight))
+            )
+        else:
+            ys.append(m[None])
+    return np.stack(xs)[:, None].astype(np.float32), np.stack(ys).astype(np.float32)
 
 
 # -- atomic-column mode ------------------------------------------------------------------------

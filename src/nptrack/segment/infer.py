@@ -178,6 +178,8 @@ class Segmenter:
         self.session = session
         self.metadata = metadata
         self.threshold = float(metadata["threshold"] if threshold is None else threshold)
+        # Models trained with background lines between touching particles say how wide.
+        self.separation_px = int(metadata.get("separation_px", 0))
         self.providers: list[str] = list(session.get_providers())
         self.multiple = int(metadata["input_multiple"])
         self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)
@@ -254,6 +256,14 @@ class Segmenter:
             resample_to_model=config.resample_to_model,
             expected_diameter_px=config.expected_diameter_px,
         )
+
+    @property
+    def input_separation_px(self) -> int:
+        """The model's separation lines (half-width) in pixels of the last predicted frame."""
+        if self.separation_px <= 0:
+            return 0
+        zoom = min(self.last_info.get("zoom", (1.0, 1.0)))
+        return max(1, round(self.separation_px / max(zoom, 1e-6)))
 
     # -- scale ------------------------------------------------------------------------------
     def _zoom(

@@ -159,8 +159,21 @@ def dice_bce_loss(
 
     Dice counts every particle pixel equally whatever the share of background, which keeps
     small, sparse particles from being drowned by the background term of the BCE.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, 1, H, W)
+    target : Tensor, shape (N, 1, H, W) or (N, 2, H, W)
+        The mask; a second channel, when present, weights the BCE per pixel (the lines
+        between touching particles of :func:`nptrack.segment.data.separation_target`).
     """
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    weight = target[:, 1:2] if target.shape[1] > 1 else None
+    target = target[:, 0:1]
+    if weight is None:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+    else:
+        bce = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum()
+        bce = bce / weight.sum()
     p = torch.sigmoid(logits)
     dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
     return bce_weight * bce + dice_weight * (1 - dice)
@@ -229,6 +242,7 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     for i in range(0, len(x), 8):
         probs.append(torch.sigmoid(model(torch.from_numpy(x[i : i + 8]))).numpy())
     p = np.concatenate(probs)
+    y = y[:, 0:1]  # the mask, without the loss weights of a separation target
     best: dict[str, float] = {}
     for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
         pred = p > thr
@@ -480,6 +494,8 @@ def _metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
         "threshold": 0.5,
         "normalisation": NORMALISATION,
         "typical_diameter_px": cfg.model.typical_diameter_px,
+        # Touching particles come out with a background line of 2 x this between them.
+        "separation_px": d.separation_px,
         "training": {
             "parameters": n_params,
             "steps": cfg.optim.steps,
