@@ -10,7 +10,7 @@ subproblem around it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -36,6 +36,7 @@ from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move, sizes_apart
 from nptrack.track.retime import retime_fusions
 
 __all__ = [
+    "FreshTracks",
     "Mover",
     "assign_detections",
     "drop_faint_tracks",
@@ -71,6 +72,77 @@ def params_from_config(
         p = estimate_params(dets, p)
         p = estimate_params(dets, p)  # second pass: gates from the measured mobility
     return p
+
+
+class FreshTracks:
+    """Tracks added since the last `Mover.reindex` (not in its point tree), with a box index.
+
+    `Mover.neighbours` must look at each of them; checking every one in turn made each call
+    cost as much as the moves applied so far in the epoch (thousands over a long series, so
+    an epoch grew with the square of the history). Each track's frame range and position
+    box are kept in arrays, and only tracks whose box comes within the radius of the query
+    are checked point by point: the same answer, at a cost that stays local.
+    """
+
+    def __init__(self) -> None:
+        self._tracks: dict[int, Track] = {}
+        self._row: dict[int, int] = {}
+        self._ids = np.zeros(64, dtype=np.int64)
+        # start, end, x min, x max, y min, y max; rows of removed tracks are marked dead
+        self._box = np.zeros((64, 6))
+        self._alive = np.zeros(64, dtype=bool)
+        self._n = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._tracks)
+
+    def __len__(self) -> int:
+        return len(self._tracks)
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self._tracks
+
+    def __getitem__(self, tid: int) -> Track:
+        return self._tracks[tid]
+
+    def __setitem__(self, tid: int, track: Track) -> None:
+        self.pop(tid)
+        if self._n == self._ids.size:  # grow by doubling: appends stay O(1) amortised
+            self._ids = np.concatenate([self._ids, np.zeros_like(self._ids)])
+            self._box = np.concatenate([self._box, np.zeros_like(self._box)])
+            self._alive = np.concatenate([self._alive, np.zeros_like(self._alive)])
+        k = self._n
+        self._n += 1
+        self._tracks[tid], self._row[tid] = track, k
+        self._ids[k] = tid
+        if track.n:
+            lo, hi = track.xy.min(axis=0), track.xy.max(axis=0)
+            self._box[k] = (track.start, track.end, lo[0], hi[0], lo[1], hi[1])
+            self._alive[k] = True
+
+    def pop(self, tid: int, default: Track | None = None) -> Track | None:
+        """Remove track `tid` (its row is marked dead); the track, else `default`."""
+        k = self._row.pop(tid, None)
+        if k is None:
+            return default
+        self._alive[k] = False
+        return self._tracks.pop(tid)
+
+    def items(self) -> Iterator[tuple[int, Track]]:
+        return iter(self._tracks.items())
+
+    def near(self, q: NDArray[np.float64], radius: float) -> list[tuple[int, Track]]:
+        """Tracks that may have a point within `radius` of a query point (x, y,
+        frame·FRAME_SEP) in its frame: overlapping frames and boxes (a superset)."""
+        if not self._tracks or not len(q):
+            return []
+        n, b = self._n, self._box[: self._n]
+        f_lo, f_hi = q[:, 2].min() / FRAME_SEP, q[:, 2].max() / FRAME_SEP
+        r = radius + 1e-9  # the exact test decides; the boxes only leave out what cannot hit
+        lo, hi = q[:, :2].min(axis=0) - r, q[:, :2].max(axis=0) + r
+        ok = self._alive[:n] & (b[:, 1] >= f_lo) & (b[:, 0] <= f_hi)
+        ok &= (b[:, 3] >= lo[0]) & (b[:, 2] <= hi[0]) & (b[:, 5] >= lo[1]) & (b[:, 4] <= hi[1])
+        return [(int(i), self._tracks[int(i)]) for i in self._ids[:n][ok]]
 
 
 class Mover:
@@ -113,7 +185,7 @@ class Mover:
         lens = np.array([t.n for t in trs], dtype=np.int64)
         self.point_ids = np.repeat(ids, lens)
         self.tree = None
-        self.fresh: dict[int, Track] = {}
+        self.fresh = FreshTracks()
         self.used = np.zeros(len(self.dets), dtype=np.int64)
         self.diam = {}
         if not trs:
@@ -179,14 +251,12 @@ class Mover:
         if self.tree is not None:
             hits = self.tree.query_ball_point(q, radius)
             out.update(self.point_ids[[i for h in hits for i in h]].tolist())
-        if self.fresh:
-            f_lo, f_hi = q[:, 2].min() / FRAME_SEP, q[:, 2].max() / FRAME_SEP
-            for tid, t in self.fresh.items():
-                if t.end < f_lo or t.start > f_hi or tid in out:
-                    continue
-                ft = np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP])
-                if np.isfinite(cKDTree(ft).query(q, distance_upper_bound=radius)[0]).any():
-                    out.add(tid)
+        for tid, t in self.fresh.near(q, radius):
+            if tid in out:
+                continue
+            ft = np.column_stack([t.xy, np.arange(t.start, t.end + 1) * FRAME_SEP])
+            if np.isfinite(cKDTree(ft).query(q, distance_upper_bound=radius)[0]).any():
+                out.add(tid)
         return {i for i in out if i in self.sol.tracks}
 
     # -- evaluation -------------------------------------------------------------------------
