@@ -275,6 +275,100 @@ def bench_unet(preset: str, seeds: list[int], frames: int | None = None) -> dict
     return {"preset": preset, "seeds": seeds, "detector": "unet", "runs": rows_out, "mean": means}
 
 
+def long_series(
+    frames: int, size_px: int = 512, seed: int = 0
+) -> tuple[dict[str, np.ndarray], Detections]:
+    """The `table1` scene on a size_px² field (same pixel size and particle density, so
+    ~46·(size/256)² particles in frame 0), continuous motion over `frames` frames, and
+    detections of it (as `bench_quality` makes them) with each frame's field of view."""
+    base = load_preset("table1")
+    scale = (size_px / base.field.width_px) ** 2
+    sc = base.model_copy(
+        update={
+            "field": base.field.model_copy(update={"height_px": size_px, "width_px": size_px}),
+            "particles": base.particles.model_copy(
+                update={"count": int(base.particles.count * scale)}
+            ),
+        }
+    )
+    rng = np.random.default_rng(seed)
+    truth, optics, _ = simulate_sequence(sc, frames=frames, rng=rng)
+    rows = ground_truth_rows(truth, intensity_per_nm3=intensity_per_nm3(sc, optics))
+    table = {k: rows[k] for k in rows.dtype.names}
+    dets = detections_from_truth(
+        table, rng, shape=truth.shape, pixel_size_nm=truth.pixel_size_nm, clip=False, **NOISE
+    )
+    return table, replace(dets, fields=truth.transforms)
+
+
+def bench_final(frames: int, size_px: int = 512, profile: int = 0) -> dict[str, Any]:
+    """What the user waits for at the end of a long session, through the session code.
+
+    A `long_series` is stored frame by frame in a temporary session (frame rows with the
+    simulator's registration affines, then the detections) and fed to the session tracker
+    as ``nptrack track`` does (no background re-optimisation): the online time over all
+    frames, then `SessionTracker.finish` (the final global pass: two CEM starts, the
+    lower-energy result stored), then `reoptimize_session` on the stored session (``nptrack
+    reoptimize``: online tracker replayed, then the same global pass, exports). With
+    `profile` > 0 the final pass is profiled and that many functions (cumulative time) are
+    printed to stderr.
+    """
+    import cProfile
+    import io
+    import pstats
+    import tempfile
+
+    from nptrack.config import Config
+    from nptrack.pipeline.session import reoptimize_session
+    from nptrack.pipeline.store import SessionStore, frame_record
+    from nptrack.pipeline.tracking import SessionTracker
+
+    truth, dets = long_series(frames, size_px)
+    cfg = Config()
+    px = dets.pixel_size_nm
+    out: dict[str, Any] = {
+        "frames": frames, "frame_px": size_px, "detections": len(dets),
+        "particles_per_frame": round(len(dets) / frames, 1),
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-track-final-") as tmp:
+        with SessionStore(tmp) as store:
+            store.set_meta("config", cfg.model_dump(mode="json"))
+            tracker = SessionTracker(store, cfg.track, pixel_size_nm=px,
+                                     frame_shape=dets.frame_shape, background=False)  # fmt: skip
+            t = _cpu()
+            for k in range(frames):
+                r = dets.rows(k)
+                cols = {"x": dets.xy[r, 0], "y": dets.xy[r, 1],
+                        "diameter_nm": dets.diameter_nm[r], "intensity": dets.intensity[r],
+                        "score": dets.score[r], "det_id": np.arange(r.stop - r.start)}  # fmt: skip
+                row = frame_record(frame=k, time_s=float(k), source=f"f{k:05d}.tif",
+                                   pixel_size_nm=(px, px), matrix=dets.fields[k], reg_cc=1.0,
+                                   status="ok", shape=dets.frame_shape)  # fmt: skip
+                store.add_frame(row, cols)
+                tracker.update(k, cols)
+            out["online"] = _since(t)
+            prof = cProfile.Profile() if profile else None
+            t = _cpu()
+            if prof is not None:
+                prof.enable()
+            version = tracker.finish()
+            if prof is not None:
+                prof.disable()
+            out["final_pass"] = _since(t)
+            rows = store.tracks(version)
+        cols = {k: np.array([r[k] for r in rows]) for k in ("frame", "track_id", "x", "y")}
+        r = evaluate(truth, cols)
+        out["final_pass"].update({k: round(float(r[k]), 3) for k in ("mota", "idsw", "fp", "fn")})
+        t = _cpu()
+        reoptimize_session(tmp)
+        out["reoptimize"] = _since(t)
+    if prof is not None:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(profile)
+        print(text.getvalue(), file=sys.stderr)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--speed", action="store_true", help="window and global timings")
@@ -300,9 +394,21 @@ def main() -> None:
         help="--quality detections: from the truth with noise (default), or the frames "
         "rendered by the simulator and detected by the shipped U-Net chain",
     )
+    ap.add_argument(
+        "--final",
+        type=int,
+        nargs="+",
+        metavar="FRAMES",
+        help="time the end-of-session global pass (`nptrack track`'s final pass and `nptrack "
+        "reoptimize`) on continuous table1 series of these lengths (e.g. 250 500 1000)",
+    )
+    ap.add_argument("--final-size", type=int, default=512, help="--final frame size, px")
+    ap.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="--final: print N profile lines"
+    )
     ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
     args = ap.parse_args()
-    if not (args.speed or args.scaling or args.quality):
+    if not (args.speed or args.scaling or args.quality or args.final):
         args.speed = args.quality = True
     out: dict[str, Any] = {"cpu_count_note": "CPU seconds of this process; wall seconds too"}
     if args.speed:
@@ -313,6 +419,11 @@ def main() -> None:
     if args.scaling:
         out["scaling"] = [bench_global(n, f) for n, f in
                           ((150, 100), (300, 100), (600, 100), (300, 200), (300, 300))]  # fmt: skip
+    if args.final:
+        out["final"] = []
+        for n in args.final:
+            out["final"].append(bench_final(n, args.final_size, args.profile))
+            print("final:", out["final"][-1], file=sys.stderr)
     if args.quality:
         seeds = list(range(args.seeds))
         fields = not args.no_fields
