@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,45 @@ def test_session_tracker_holds_a_window_and_commits_what_a_full_history_tracker_
             np.testing.assert_array_equal(got.det, tr.det)
             np.testing.assert_array_equal(got.u, tr.u)
         assert list(tracker.warm_start().tracks) == list(ref.tracks)
+
+
+def test_final_pass_and_reoptimize_report_progress(
+    truth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long final pass says what it does every few seconds (here: at every tick), and the
+    time the user waited for it is stored."""
+    import nptrack.track
+    from nptrack.pipeline import tracking
+    from nptrack.pipeline.session import reoptimize_session
+
+    class Every(nptrack.track.Progress):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "every_s": 0.0})
+
+    monkeypatch.setattr(tracking, "Progress", Every)
+    monkeypatch.setattr(nptrack.track, "Progress", Every)
+    said: list[str] = []
+    with SessionStore(tmp_path) as store:
+        tracker = SessionTracker(store, TrackConfig(), pixel_size_nm=PIXEL_NM,
+                                 frame_shape=(256, 256), background=False,
+                                 on_progress=said.append)  # fmt: skip
+        for k, dets in enumerate(_frames(truth)[:10]):
+            _feed(store, tracker, k, dets)
+        assert said == []  # nothing while the frames come in
+        tracker.finish()
+        waited = store.get_meta("final_reoptimize_s")
+    assert said[0] == "final global re-optimisation of 10 frames"
+    what = "global re-optimisation of 10 frames"
+    first = [s for s in said if s.startswith(f"{what}, start 1 of 2 (gated Hungarian links): ")]
+    second = [s for s in said if s.startswith(f"{what}, start 2 of 2 (online tracks): ")]
+    assert first and second
+    assert any("epoch 1, " in s for s in first) and any("conjugate gradient" in s for s in first)
+    # the second start is judged to take as long as the first
+    assert all(s.endswith((" s left", "should end soon")) for s in second)
+    assert any(re.fullmatch(f"{what}: start 1 of 2 done in \\d+ s", s) for s in said)
+    assert isinstance(waited, float) and waited > 0
+    lines: list[str] = []
+    reoptimize_session(tmp_path, on_status=lines.append)
+    assert any(s.startswith("replaying the online tracker: frame 10 of 10; ") for s in lines)
+    assert any(s.startswith(f"{what}, start 2 of 2 (online tracks): ") for s in lines)
+    assert lines[-1].startswith(f"{what} took ")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-from nptrack.track import params_from_config
+from nptrack.track import Progress, energy, optimize, params_from_config
 from nptrack.track.cem import FreshTracks, Mover
 from nptrack.track.energy import FRAME_SEP, Solution, Track
 from tests.track import make_scene
@@ -71,3 +73,43 @@ def test_neighbours_of_fresh_tracks_equal_a_brute_force_search() -> None:
         q = _random_track(rng, -1, n_frames, 60.0)
         for radius in (2.0, 5.0, 12.0):
             assert mover.neighbours([q], radius) == _brute(sol.tracks, [q], radius)
+
+
+def test_progress_reports_at_most_every_interval_with_time_left() -> None:
+    now = [100.0]
+    lines: list[str] = []
+    pr = Progress(lines.append, "final pass", expected_s=60.0, every_s=5.0, clock=lambda: now[0])
+    calls = []
+
+    def stage() -> str:
+        calls.append(1)
+        return "epoch 2"
+
+    for _ in range(10):  # within the interval: nothing, and the line is not even built
+        now[0] += 0.4
+        pr.tick(stage)
+    assert lines == [] and calls == []
+    now[0] = 106.0
+    pr.tick(stage)
+    assert lines == ["final pass: epoch 2; 6 s, about 54 s left"]
+    pr.tick(stage)
+    assert len(lines) == 1
+    now[0] = 200.0
+    pr.tick(stage)
+    assert lines[-1] == "final pass: epoch 2; 100 s, should end soon"
+
+
+def test_optimize_with_progress_reports_and_gives_the_same_solution() -> None:
+    sc = make_scene(seed=3)
+    params = params_from_config(None, sc.dets)
+    plain = optimize(sc.dets, params=params)
+    lines: list[str] = []
+    ticked = optimize(sc.dets, params=params, progress=Progress(lines.append, "x", every_s=0.0))
+    assert any("conjugate gradient on" in s for s in lines)
+    assert any(
+        re.match(r"x: epoch 1, \w+ moves \(\d+ of 10 kinds\), \d+ applied; 0 s$", s) for s in lines
+    )
+    assert energy(ticked, sc.dets, params) == energy(plain, sc.dets, params)
+    assert sorted(ticked.tracks) == sorted(plain.tracks)
+    for tid, t in plain.tracks.items():
+        assert np.array_equal(ticked.tracks[tid].xy, t.xy)

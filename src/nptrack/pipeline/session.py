@@ -150,8 +150,16 @@ def make_detector_factory(
 class _Tracker:
     """Creates the `SessionTracker` at the first frame (pixel size and field known then)."""
 
-    def __init__(self, store: SessionStore, config: Config, *, background: bool) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        config: Config,
+        *,
+        background: bool,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
         self.store, self.config, self.background = store, config, background
+        self.say = say  # status lines of the final global re-optimisation
         self.tracker: SessionTracker | None = None
         self.on_version: Callable[[int, str], None] | None = None
         self.on_commit: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None
@@ -168,6 +176,7 @@ class _Tracker:
             background=self.background,
             on_version=self.on_version,
             on_commit=self.on_commit,
+            on_progress=self.say,
         )
         return self.tracker
 
@@ -347,7 +356,7 @@ def run_session(
     say = on_status or (lambda msg: log.info(msg))
     store = SessionStore(session_dir)
     publisher = Publisher.open(publish_address, notify=say) if publish_address else None
-    tracker = _Tracker(store, config, background=background_reoptimize)
+    tracker = _Tracker(store, config, background=background_reoptimize, say=say)
     try:
         resumed = store.n_frames()
         run_id = store.start_run(command, config.model_dump(mode="json"))
@@ -433,8 +442,13 @@ def reoptimize_session(
     *,
     config: Config | None = None,
     export_formats: Sequence[str] = ("csv",),
+    on_status: Callable[[str], None] | None = None,
 ) -> tuple[int, list[Path]]:
     """Global re-optimisation of a stored session: a new track version, exports rewritten.
+
+    `on_status` receives one-line progress messages every few seconds (the online replay,
+    then each start of the global CEM) and the time taken; it runs for minutes on a long
+    session.
 
     Returns
     -------
@@ -447,7 +461,7 @@ def reoptimize_session(
         stack_fields,
         unfrozen,
     )
-    from nptrack.track import OnlineTracker
+    from nptrack.track import OnlineTracker, Progress
 
     session_dir = Path(session_dir)
     if not (session_dir / "session.sqlite").is_file():
@@ -474,10 +488,15 @@ def reoptimize_session(
             pixel_size_nm=first["pixel_size_nm"], frame_shape=shape, config=config.track
         )
         parts = []
+        n = len(frames)
+        ticker = None if on_status is None else Progress(on_status, "replaying the online tracker")
         for (k, dets), field in zip(frames, fields, strict=True):
             cols = tracker_input(dets, **keep)
             parts.append({"frame": np.full(len(cols["x"]), k, dtype=np.int64), **cols})
             feed_online(online, cols, field)
+            if ticker is not None:
+                ticker.expected_s = ticker.elapsed() * (n - k - 1) / (k + 1)
+                ticker.tick(lambda k=k: f"frame {k + 1} of {n}")
         online.finish()
         columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
         rows, events = global_tracks(
@@ -488,8 +507,12 @@ def reoptimize_session(
             config=config.track.model_dump(),
             fields=stack_fields(fields),
             init=unfrozen(online.solution),
+            progress=on_status,
         )
         version = store.add_tracks(rows, events, kind="global", last_frame=len(frames) - 1)
-        store.set_meta("reoptimize_s", round(time.monotonic() - t0, 3))
+        took = round(time.monotonic() - t0, 3)
+        store.set_meta("reoptimize_s", took)
+        if on_status is not None:
+            on_status(f"global re-optimisation of {n} frames took {took:.0f} s")
         exports = export_session(store, session_dir, formats=export_formats)
     return version, exports

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -40,6 +41,7 @@ from nptrack.track import (
     Detections,
     Event,
     OnlineTracker,
+    Progress,
     Solution,
     Track,
     TrackTable,
@@ -99,6 +101,7 @@ def global_track_columns(
     config: dict[str, Any],
     fields: np.ndarray | None = None,
     init: Solution | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Global CEM over a whole series: (tracks columns, events rows).
 
@@ -126,6 +129,11 @@ def global_track_columns(
         Hungarian start (same energy parameters) and the lower-energy result is kept: each
         start ends in a local minimum, and neither is always the lower one. None: the
         Hungarian start only.
+    progress : callable, optional
+        Receives a one-line status every few seconds while the CEM runs (which start, epoch,
+        moves applied, seconds so far; for the second start, about how long is left, judged
+        by the first), and a line when a start that took that long ends. Plain function:
+        not passed to a worker process.
     """
     cfg = TrackConfig.model_validate(config)
     if not len(columns["frame"]):
@@ -144,9 +152,26 @@ def global_track_columns(
         fields=fields,
     )
     params = params_from_config(cfg, dets)
-    result = track_detections(dets, config=cfg, params=params)
+    starts = 1 if init is None else 2
+    what = f"global re-optimisation of {n_frames} frames"
+
+    def run(k: int, start: Solution | None, expected_s: float | None) -> tuple[Any, float]:
+        ticker = None
+        if progress is not None:
+            how = "gated Hungarian links" if start is None else "online tracks"
+            label = f"{what}, start {k} of {starts} ({how})"
+            ticker = Progress(progress, label, expected_s=expected_s)
+        t0 = time.monotonic()
+        res = track_detections(dets, config=cfg, params=params, init=start, progress=ticker)
+        took = time.monotonic() - t0
+        if ticker is not None and took >= ticker.every_s:
+            progress(f"{what}: start {k} of {starts} done in {took:.0f} s")
+        return res, took
+
+    result, took = run(1, None, None)
     if init is not None:
-        warm = track_detections(dets, config=cfg, params=params, init=init)
+        # the second start costs about what the first did: that is the estimate of what is left
+        warm, _ = run(2, init, took)
         if energy(warm.solution, dets, params) < energy(result.solution, dets, params):
             result = warm
     return _track_columns(result.tracks), event_rows(result.events)
@@ -460,6 +485,9 @@ class SessionTracker:
     on_commit : callable, optional
         Called with the ``(tracks rows, events rows)`` of each online commit once stored
         (not while replaying).
+    on_progress : callable, optional
+        One-line status messages of the final global re-optimisation (`finish`): when it
+        starts, and every few seconds while it runs.
     """
 
     def __init__(
@@ -472,6 +500,7 @@ class SessionTracker:
         background: bool = True,
         on_version: Callable[[int, str], None] | None = None,
         on_commit: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None] | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -490,6 +519,7 @@ class SessionTracker:
         self.background = background
         self.on_version = on_version
         self.on_commit = on_commit
+        self.on_progress = on_progress
         self._n_frames = 0
         self._pool: ProcessPoolExecutor | None = None
         self._future: Future | None = None
@@ -639,9 +669,15 @@ class SessionTracker:
         self.close()  # superseded by the final re-optimisation below
         if not self._n_frames:
             return None
+        t0 = time.monotonic()
+        if self.on_progress is not None:
+            self.on_progress(f"final global re-optimisation of {self._n_frames} frames")
         args, kwargs = self._args()
-        columns, events = global_track_columns(*args, **kwargs)
-        return self._add_global(columns, events, self._n_frames - 1)
+        columns, events = global_track_columns(*args, **kwargs, progress=self.on_progress)
+        version = self._add_global(columns, events, self._n_frames - 1)
+        # how long the user waited for it after the last frame (benchmarks read it back)
+        self.store.set_meta("final_reoptimize_s", round(time.monotonic() - t0, 3))
+        return version
 
     def close(self) -> None:
         """Stop a background re-optimisation that is still running (no result stored)."""

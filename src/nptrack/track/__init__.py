@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nptrack.config import TrackConfig
-from nptrack.track.cem import optimize, params_from_config
+from nptrack.track.cem import Progress, optimize, params_from_config
 from nptrack.track.energy import Detections, EnergyParams, Fusion, Solution, Track, energy
 from nptrack.track.events import Event, TrackTable, find_events, infer_fusions, solution_to_table
 from nptrack.track.initial import initial_solution
@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "Fusion",
     "OnlineTracker",
+    "Progress",
     "Solution",
     "Track",
     "TrackResult",
@@ -60,6 +61,7 @@ def track_detections(
     config: TrackConfig | None = None,
     params: EnergyParams | None = None,
     init: Solution | None = None,
+    progress: Progress | None = None,
 ) -> TrackResult:
     """Track a whole series globally (gated Hungarian start, then CEM).
 
@@ -73,6 +75,8 @@ def track_detections(
         Fixed energy parameters (else measured on `detections`).
     init : Solution, optional
         Warm start, e.g. the online solution.
+    progress : Progress, optional
+        A status line every few seconds while the CEM runs (long series).
 
     Returns
     -------
@@ -82,6 +86,6 @@ def track_detections(
     """
     cfg = config or TrackConfig()
     p = params or params_from_config(cfg, detections)
-    sol = optimize(detections, config=cfg, params=p, init=init)
+    sol = optimize(detections, config=cfg, params=p, init=init, progress=progress)
     table, events = written_output(sol, detections, p, smooth=cfg.smooth_positions)
     return TrackResult(table, events, sol, p)

@@ -10,7 +10,8 @@ subproblem around it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -38,6 +39,7 @@ from nptrack.track.retime import retime_fusions
 __all__ = [
     "FreshTracks",
     "Mover",
+    "Progress",
     "assign_detections",
     "drop_faint_tracks",
     "optimize",
@@ -145,6 +147,60 @@ class FreshTracks:
         return [(int(i), self._tracks[int(i)]) for i in self._ids[:n][ok]]
 
 
+class Progress:
+    """A one-line status of a long global optimisation, at most every `every_s` seconds.
+
+    The global CEM of a long session runs for minutes; without a word the user cannot tell
+    it from a hang. `optimize` calls `tick` often (after each group of moves, each CG
+    iteration of the whole problem): it costs a clock reading unless a line is due.
+
+    Parameters
+    ----------
+    report : callable
+        Receives each line (e.g. the session's status output or a logger).
+    label : str
+        What runs, first in each line (e.g. "final global re-optimisation of 1000 frames,
+        start 1 of 2").
+    expected_s : float, optional
+        How long it is expected to take (e.g. as long as a previous start did): the line then
+        says how much is left, about.
+    every_s : float
+        Seconds between lines.
+    clock : callable
+        Seconds (monotonic); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        report: Callable[[str], None],
+        label: str = "global optimisation",
+        *,
+        expected_s: float | None = None,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.report, self.label, self.expected_s = report, label, expected_s
+        self.every_s, self.clock = every_s, clock
+        self.t0 = self.last = clock()
+
+    def elapsed(self) -> float:
+        """Seconds since this progress was made."""
+        return self.clock() - self.t0
+
+    def tick(self, stage: Callable[[], str]) -> None:
+        """Report ``label: stage(), elapsed[, left]`` if the last line is `every_s` old."""
+        now = self.clock()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        took = now - self.t0
+        line = f"{self.label}: {stage()}; {took:.0f} s"
+        if self.expected_s is not None:
+            left = self.expected_s - took
+            line += f", about {left:.0f} s left" if left >= 1 else ", should end soon"
+        self.report(line)
+
+
 class Mover:
     """Evaluates and applies moves on a solution (changed in place)."""
 
@@ -164,6 +220,8 @@ class Mover:
         self.history = history
         self.touched: set[int] = set()
         self.active: set[int] | None = None  # tracks whose moves are tried (None: all)
+        self.progress: Progress | None = None  # a status line now and then (long runs)
+        self.epoch = 0  # epochs run (`run_epoch`), for the status line
         self.tabu: set[tuple] = set()  # fusion decisions taken in this run (no undoing)
         # online: a fusion is only made once the blob's size has dropped below the summed
         # area of the parents (the decision is committed before any later re-dating)
@@ -436,9 +494,17 @@ class Mover:
     def run_epoch(self, kinds: Sequence[str] = MOVE_ORDER, tol: float = 1e-6) -> dict[str, int]:
         """One pass over every kind of move; returns how many of each were applied."""
         self.touched = set()
+        self.epoch += 1
         applied = dict.fromkeys(kinds, 0)
-        for kind in kinds:
+        for i, kind in enumerate(kinds):
             for group in GENERATORS[kind](self):
+                if self.progress is not None:
+                    self.progress.tick(
+                        lambda i=i, kind=kind: (
+                            f"epoch {self.epoch}, {kind} moves "
+                            f"({i + 1} of {len(kinds)} kinds), {sum(applied.values())} applied"
+                        )
+                    )
                 best, best_d = None, -tol
                 for mv in group:
                     ids = set(mv.remove) | {t.id for t in mv.add if t.id in self.sol.tracks}
@@ -463,12 +529,14 @@ def refine(
     mover: Mover | None = None,
     since: int | None = None,
     relax_iterations: int = 4,
+    progress: Progress | None = None,
 ) -> float:
     """Conjugate gradient on positions and log intensities (in place); returns the energy.
 
     With `ids`, only those tracks are variables; their neighbours and fusion partners enter as
     fixed context (local re-optimisation around changed tracks). With `since` (online: two
-    frames before the first free frame), only frames from `since` on are packed.
+    frames before the first free frame), only frames from `since` on are packed. `progress`
+    is ticked after each CG iteration.
     """
     whole: list[Track] = []
     if ids is None and since is not None:
@@ -505,7 +573,7 @@ def refine(
         last_frame=sol.last_frame,
         frozen_until=sol.frozen_until,
     )
-    e, xy, u = _minimise(pk, params, maxiter, relax_iterations=relax_iterations)
+    e, xy, u = _minimise(pk, params, maxiter, relax_iterations=relax_iterations, progress=progress)
     for i, t in enumerate(focus):
         sl = slice(pk.starts[i], pk.starts[i] + t.n)
         dest = whole[i] if whole else t
@@ -522,6 +590,7 @@ def _minimise(
     *,
     window: NDArray[np.bool_] | None = None,
     relax_iterations: int = 4,
+    progress: Progress | None = None,
 ) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
     """Minimise over the free points of `pk`: (energy, positions, log intensities).
 
@@ -545,7 +614,15 @@ def _minimise(
         return e, np.concatenate([gx[free].ravel() * sx, gu[free] * su])
 
     z0 = np.concatenate([xy[free].ravel() / sx, u[free] / su])
-    res = minimize(fun, z0, jac=True, method="CG", options={"maxiter": maxiter, "gtol": 1e-3})
+    done = [0]
+
+    def step(_z: NDArray[np.float64]) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress.tick(lambda: f"conjugate gradient on {nf} points, iteration {done[0]}")
+
+    res = minimize(fun, z0, jac=True, method="CG", options={"maxiter": maxiter, "gtol": 1e-3},
+                   callback=None if progress is None else step)  # fmt: skip
     fun(res.x)
     return float(res.fun), xy, u
 
@@ -627,6 +704,7 @@ def optimize(
     max_epochs: int | None = None,
     cg_iterations: int | None = None,
     moves: Sequence[str] = MOVE_ORDER,
+    progress: Progress | None = None,
 ) -> Solution:
     """Global CEM over all frames of `dets`.
 
@@ -643,6 +721,8 @@ def optimize(
         Override the config.
     moves : sequence of str
         Kinds of jump moves, in the order they are tried.
+    progress : Progress, optional
+        Ticked throughout (a status line every few seconds on long series).
 
     Returns
     -------
@@ -657,16 +737,17 @@ def optimize(
     else:
         sol = init.copy()
         sol.last_frame = max(sol.last_frame, dets.n_frames - 1)
-    refine(sol, dets, params, maxiter=cg)
+    refine(sol, dets, params, maxiter=cg, progress=progress)
     assign_detections(sol, dets, params)
     mover = Mover(sol, dets, params)
+    mover.progress = progress
     for _ in range(max_epochs):
         applied = mover.run_epoch(moves)
         if not sum(applied.values()):
             break
         changed = set(mover.touched) & set(sol.tracks)
         mover.reindex()
-        refine(sol, dets, params, ids=changed, maxiter=cg, mover=mover)
+        refine(sol, dets, params, ids=changed, maxiter=cg, mover=mover, progress=progress)
         assign_detections(sol, dets, params, ids=changed)
         mover.reindex()
         # next epoch: only moves around what changed (elsewhere nothing would be accepted)
