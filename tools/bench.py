@@ -9,8 +9,15 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
   "file complete" (handed over by the source) to "frame stored and tracked" (its detections
   committed and fed to the online tracker), p50 / p95;
 - throughput: frames delivered as fast as the pipeline takes them (back-pressure), frames/s;
-- memory: resident set size every 50 frames over a long run (``--long N``; the same few
-  frames replayed), with the slope in MiB per 100 frames;
+- memory: resident set size every 25 frames over a long run (``--long N``; a few rendered
+  frames, ``--long-rendered``, played forward and back, 0 1 .. 5 4 .. 0 1 .., so that the
+  particles move continuously as in a real series), with the slope in MiB per 100 frames,
+  and the wall time of the final global re-optimisation over the whole history
+  (``final_reoptimize_s``; ``frames_per_s_before_final`` leaves it out). The scene has no
+  fusions (played backwards a fusion would be a split the tracker does not model). The
+  earlier playback, the frames replayed in a cycle (``--long-playback cycle``: every 6 frames
+  each particle jumps back to where it was, tens of thousands of short tracks), is a worst
+  case for the tracker, not a session;
 - measurement (``--measure``): per frame, outside the pipeline, the U-Net, then
   `detect_particles` (threshold, clean, polarity cut, separation, measurement) and
   `measure_particles` alone on its probability, median of ``--repeats`` runs, in s and ms per
@@ -44,20 +51,20 @@ from nptrack.pipeline.session import run_session
 from nptrack.simulate import load_preset, prepare_sequence
 
 
-def make_series(folder: Path, size_px: int, frames: int) -> list[Frame]:
-    """Simulated frames of size_px² at 0.2 nm/px (table1 scene and density)."""
+def make_series(folder: Path, size_px: int, frames: int, *, fusions: bool = True) -> list[Frame]:
+    """Simulated frames of size_px² at 0.2 nm/px (table1 scene and density); `fusions`
+    False: particles that touch do not coalesce (a series to play backwards too)."""
     base = load_preset("table1")
     scale = (size_px * 0.2) ** 2 / (256 * 0.390625) ** 2
-    cfg = base.model_copy(
-        update={
-            "field": base.field.model_copy(
-                update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": 0.2}
-            ),
-            "particles": base.particles.model_copy(
-                update={"count": int(base.particles.count * scale)}
-            ),
-        }
-    )
+    update: dict[str, Any] = {
+        "field": base.field.model_copy(
+            update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": 0.2}
+        ),
+        "particles": base.particles.model_copy(update={"count": int(base.particles.count * scale)}),
+    }
+    if not fusions:
+        update["dynamics"] = base.dynamics.model_copy(update={"fusion_probability": 0.0})
+    cfg = base.model_copy(update=update)
     from nptrack.simulate.microscope import play
 
     stream, options = prepare_sequence(folder, config=cfg, frames=frames, seed=0, cadence_s=0.0)
@@ -73,17 +80,37 @@ def _rss_mib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def playback_index(k: int, m: int, playback: str = "cycle") -> int:
+    """Which of `m` rendered frames is delivered as frame `k`.
+
+    ``cycle``: 0 1 .. m−1 0 1 .. (each particle jumps back every m frames); ``pingpong``:
+    0 1 .. m−1 m−2 .. 1 0 1 .. (forward and back: every step is one the particle took, so
+    the motion stays continuous).
+    """
+    if playback == "cycle" or m == 1:
+        return k % m
+    if playback != "pingpong":
+        raise ValueError(f"unknown playback {playback!r}")
+    j = k % (2 * (m - 1))
+    return j if j < m else 2 * (m - 1) - j
+
+
 def paced_source(
-    frames: list[Frame], n: int, cadence_s: float, rss: list[tuple[int, float]] | None = None
+    frames: list[Frame],
+    n: int,
+    cadence_s: float,
+    rss: list[tuple[int, float]] | None = None,
+    playback: str = "cycle",
 ) -> Callable[[Callable[[Frame], None], threading.Event], None]:
-    """Deliver `n` frames (cycling through `frames`) every `cadence_s` (0: back-pressure)."""
+    """Deliver `n` frames (played from `frames` as `playback_index` says) every `cadence_s`
+    (0: back-pressure)."""
 
     def source(deliver: Callable[[Frame], None], stop: threading.Event) -> None:
         t0 = time.monotonic()
         for k in range(n):
             if stop.is_set():
                 return
-            f = frames[k % len(frames)]
+            f = frames[playback_index(k, len(frames), playback)]
             deliver(Frame(f.data, f.pixel_size_nm, k, None, f"bench_{k:05d}.tif"))
             if rss is not None and k % 25 == 0:
                 rss.append((k, round(_rss_mib(), 1)))
@@ -94,10 +121,15 @@ def paced_source(
 
 
 def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -> dict[str, Any]:
+    from nptrack.pipeline.store import SessionStore
+
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
+        source = paced_source(
+            frames, n, cadence_s, kw.pop("rss", None), kw.pop("playback", "cycle")
+        )
         res = run_session(
-            paced_source(frames, n, cadence_s, kw.pop("rss", None)),
+            source,
             Path(tmp) / "session",
             config=config,
             command="bench",
@@ -105,7 +137,14 @@ def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -
             **kw,
         )
         wall = time.monotonic() - t0
+        with SessionStore(Path(tmp) / "session", readonly=True) as store:
+            final_s = store.get_meta("final_reoptimize_s")
+            version = res.track_version
+            n_tracks = (
+                None if version is None else len({r["track_id"] for r in store.tracks(version)})
+            )
     lat = np.asarray(res.summary.latencies_s)
+    before_final = res.summary.wall_s - (final_s or 0.0)
     return {
         "frames": res.summary.frames_stored,
         "cadence_s": cadence_s,
@@ -115,7 +154,11 @@ def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -
         "latency_p95_s": round(float(np.percentile(lat, 95)), 3),
         "latency_max_s": round(float(lat.max()), 3),
         "frames_per_s": round(res.summary.frames_stored / res.summary.wall_s, 3),
+        # the end-of-run global re-optimisation over the whole history (in pipeline_wall_s)
+        "final_reoptimize_s": final_s,
+        "frames_per_s_before_final": round(res.summary.frames_stored / before_final, 3),
         "detections_per_frame": round(res.summary.detections / max(1, res.summary.frames_stored)),
+        "tracks_final_version": n_tracks,
     }
 
 
@@ -185,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=12, help="frames per latency / throughput run")
     ap.add_argument("--long", type=int, default=0, help="memory run of this many frames")
     ap.add_argument("--long-size", type=int, default=1024, help="frame size of the memory run")
+    ap.add_argument(
+        "--long-rendered", type=int, default=6, help="frames rendered for the memory run"
+    )
+    ap.add_argument(
+        "--long-playback",
+        choices=("pingpong", "cycle"),
+        default="pingpong",
+        help="memory run: rendered frames played forward and back (continuous motion, no "
+        "fusions in the scene), or in a cycle as before (the tracker's worst case)",
+    )
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
     ap.add_argument("--measure", action="store_true", help="time the measurement stage alone")
     ap.add_argument("--repeats", type=int, default=5, help="runs per --measure timing")
@@ -227,9 +280,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps(result["measure"][f"{size}x{size}"]), file=sys.stderr)
         if args.long:
-            frames = make_series(Path(tmp) / "long", args.long_size, 6)
+            frames = make_series(
+                Path(tmp) / "long",
+                args.long_size,
+                args.long_rendered,
+                fusions=args.long_playback == "cycle",
+            )
             rss: list[tuple[int, float]] = []
-            long_run = run(frames, args.long, 0.0, config, rss=rss)
+            long_run = run(frames, args.long, 0.0, config, rss=rss, playback=args.long_playback)
+            long_run.update(playback=args.long_playback, rendered_frames=args.long_rendered)
             ks, mib = np.array(rss, dtype=float).T
             half = ks >= ks.max() / 2  # after warm-up (caches, first re-optimisations)
             slope = float(np.polyfit(ks[half], mib[half], 1)[0] * 100) if half.sum() > 2 else None

@@ -1,0 +1,25 @@
+"""tools/bench.py: the long run plays its rendered frames so that particles move continuously."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import bench  # noqa: E402
+
+
+def test_pingpong_playback_never_jumps_and_cycle_does() -> None:
+    ping = [bench.playback_index(k, 6, "pingpong") for k in range(23)]
+    assert ping[:12] == [0, 1, 2, 3, 4, 5, 4, 3, 2, 1, 0, 1]
+    assert set(ping) == set(range(6))
+    assert all(abs(b - a) == 1 for a, b in itertools.pairwise(ping))  # one step
+    cyc = [bench.playback_index(k, 6, "cycle") for k in range(13)]
+    assert cyc == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0]  # 5 -> 0: every particle jumps
+    assert [bench.playback_index(k, 1, "pingpong") for k in range(3)] == [0, 0, 0]
+    with pytest.raises(ValueError, match="unknown playback"):
+        bench.playback_index(0, 6, "shuffle")
