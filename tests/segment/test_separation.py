@@ -77,6 +77,8 @@ def test_detect_particles_fills_lines_of_a_separation_model() -> None:
     err_plain = np.abs(area_plain - area_true) / area_true
     err_filled = np.abs(area_filled - area_true) / area_true
     assert err_plain.max() > 0.05 and err_filled.max() < 0.5 * err_plain.max()
+    # The score stays the model's confidence in its own pixels, not diluted by the lines.
+    assert np.allclose(filled.columns["score"], 0.95)
 
 
 def test_instances_and_batches_with_lines() -> None:

@@ -307,7 +307,9 @@ def _split_and_measure(
         intensity_h=intensity_h,
     )
     labels, separated = split.labels, split.separated
+    own = None  # the pixels the model itself gave to particles (not filled lines)
     if separation_px > 0:
+        own = labels > 0
         labels, touching = fill_separation_lines(labels, separation_px=separation_px)
         separated = separated.copy()
         separated[touching - 1] = True
@@ -334,6 +336,16 @@ def _split_and_measure(
         separated=separated,
         fit_border_centres=config.fit_border_centres,
     )
+    if own is not None and columns["label"].size:
+        # The score is the model's confidence in the particle: filled line pixels, where the
+        # model was taught to say background, would pull it down (and the tracker's
+        # confidence gates with it) for every particle that touches another.
+        n = int(labels.max())
+        kept = np.where(own, labels, 0).ravel()
+        area = np.bincount(kept, minlength=n + 1)[1:]
+        prob = np.bincount(kept, weights=np.asarray(probability, float).ravel(), minlength=n + 1)
+        own_score = prob[1:] / np.maximum(area, 1)
+        columns["score"] = np.where(area > 0, own_score, columns["score"])[columns["label"] - 1]
     return labels, columns
 
 
