@@ -32,7 +32,7 @@ def test_line_between_touching_particles_only() -> None:
     # The union is one region; with the line it falls into the two particles (and the third).
     assert ndi.label(ids > 0)[1] == 2 and ndi.label(target > 0)[1] == 3
     # The line runs along the contact: 1 px on each side of it, nothing at the lone disc.
-    ys, xs = np.nonzero(line)
+    _, xs = np.nonzero(line)
     assert set(np.unique(ids[line])) == {1, 2} and xs.min() >= 28 and xs.max() <= 32
     assert not line[ids == 3].any()
     assert np.all(weight[line] == 5.0) and np.all(weight[~line] == 1.0)
@@ -45,8 +45,9 @@ def test_fill_gives_the_line_back_and_keeps_real_gaps() -> None:
     target, _ = separation_target(ids, separation_px=1, weight=5.0)
     labels = ndi.label(target > 0)[0]
     filled, touching = fill_separation_lines(labels, separation_px=1)
-    # The line is a particle again (but for its middle where it is 3 px wide); what is filled besides is the notch where the outlines
-    # meet, true background but within 2 px of both particles (no resolvable gap).
+    # The line is a particle again (but for its middle where it is 3 px wide); what is filled
+    # besides is the notch where the outlines meet, true background but within 2 px of both
+    # particles (no resolvable gap).
     assert ((filled == 0) & (ids > 0)).sum() <= 6  # middles of the 3 rows where it is 3 px wide
     extra = (filled > 0) & (ids == 0)
     both = [ndi.binary_dilation(ids == k, np.ones((5, 5))) for k in (1, 2)]
