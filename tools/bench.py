@@ -16,8 +16,8 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
   (``final_reoptimize_s``; ``frames_per_s_before_final`` leaves it out). The scene has no
   fusions (played backwards a fusion would be a split the tracker does not model). The
   earlier playback, the frames replayed in a cycle (``--long-playback cycle``: every 6 frames
-  each particle jumps back to where it was, tens of thousands of short tracks), is a worst
-  case for the tracker, not a session;
+  each particle jumps back to where it was), is not a series a microscope gives; it is kept
+  to compare with earlier runs;
 - measurement (``--measure``): per frame, outside the pipeline, the U-Net, then
   `detect_particles` (threshold, clean, polarity cut, separation, measurement) and
   `measure_particles` alone on its probability, median of ``--repeats`` runs, in s and ms per
