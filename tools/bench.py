@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("pingpong", "cycle"),
         default="pingpong",
         help="memory run: rendered frames played forward and back (continuous motion, no "
-        "fusions in the scene), or in a cycle as before (the tracker's worst case)",
+        "fusions in the scene), or in a cycle as before (each particle jumps back every N frames)",
     )
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
     ap.add_argument("--measure", action="store_true", help="time the measurement stage alone")
