@@ -536,7 +536,9 @@ def reoptimize(
     _setup_logging()
     config = _load(config_path, overrides) if (config_path or overrides) else None
     _say(f"re-optimising {session_dir} (global CEM over every stored frame)")
-    version, paths = reoptimize_session(session_dir, config=config, export_formats=formats)
+    version, paths = reoptimize_session(
+        session_dir, config=config, export_formats=formats, on_status=_say
+    )
     click.echo(f"track version {version} written; exports: {', '.join(p.name for p in paths)}")
 
 
