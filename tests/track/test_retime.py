@@ -77,6 +77,19 @@ def test_blob_to_the_end_is_no_fusion_only_when_the_series_is_over() -> None:
     assert sol.tracks[0].end == sol.tracks[1].end == 23
 
 
+def test_a_child_that_grows_later_stays_fused() -> None:
+    # Coalesced at once (fused size), then ripening: past the blob size of its parents after
+    # 25 frames. Judged over its whole life it would look as if it never coalesced.
+    sol, dets = _scene(blob_frames=0, n_frames=140)
+    child = sol.tracks[2]
+    frames = np.arange(child.start, child.end + 1)
+    dets.diameter_nm[child.det] *= np.exp(0.004 * (frames - child.start))
+    life = np.log(dets.diameter_nm[child.det]).mean()
+    assert life > 0.5 * (np.log(BLOB) + np.log(FUSED))  # the old rule's "never fused"
+    assert retime_fusions(sol, dets, sigma=0.02, unfuse_at_end=True) == set()
+    assert sol.fusions == {2: Fusion((0, 1), 2)}
+
+
 def test_committed_fusions_are_not_moved() -> None:
     sol, dets = _scene(blob_frames=4)
     sol.frozen_until = 8

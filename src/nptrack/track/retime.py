@@ -152,7 +152,7 @@ def retime_fusions(
         elif (
             unfuse_at_end
             and child.end >= sol.last_frame
-            and _never_fused(child, dets, blob, fused, s, parent_of)
+            and _never_fused(child, dets, blob, fused, s, parent_of, max_frames)
         ):
             n = child.n
         else:
@@ -188,9 +188,15 @@ def _never_fused(
     fused: float,
     sigma: float,
     parent_of: dict[int, int],
+    max_frames: int,
 ) -> bool:
-    """The child keeps the blob size to the end of the series (clearly above the fused size)."""
-    obs = child.det[child.det >= 0]
+    """The child keeps the blob size to the end of the series (clearly above the fused size).
+
+    Judged on its first `max_frames` detections: over a long series the coalesced particle
+    grows (ripening) past the blob size of its parents, and its mean over the whole series
+    would undo a plain fusion, leaving the parents as two tracks on one particle to the end.
+    """
+    obs = child.det[child.det >= 0][:max_frames]
     if child.id in parent_of or obs.size < 3:
         return False
     logd = np.log(dets.diameter_nm[obs])
