@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import local_maxima
-from skimage.segmentation import watershed
+from skimage.segmentation import expand_labels, watershed
 
 from nptrack.measure.props import edt, is_convex
 
@@ -541,8 +541,6 @@ def fill_separation_lines(
     labels = np.asarray(labels, np.int32)
     if separation_px <= 0 or labels.max(initial=0) == 0:
         return labels, np.zeros(0, np.int64)
-    from skimage.segmentation import expand_labels
-
     reach = np.ones((4 * separation_px + 1,) * 2, np.uint8)
     near = np.ones((2 * separation_px + 1,) * 2, np.uint8)
     as_float = labels.astype(np.float32)  # exact for ids below 2**24
