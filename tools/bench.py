@@ -49,22 +49,17 @@ from nptrack.frames import Frame
 from nptrack.io.read import read_frames
 from nptrack.pipeline.session import run_session
 from nptrack.simulate import load_preset, prepare_sequence
+from nptrack.simulate.presets import with_field
 
 
 def make_series(folder: Path, size_px: int, frames: int, *, fusions: bool = True) -> list[Frame]:
     """Simulated frames of size_px² at 0.2 nm/px (table1 scene and density); `fusions`
     False: particles that touch do not coalesce (a series to play backwards too)."""
-    base = load_preset("table1")
-    scale = (size_px * 0.2) ** 2 / (256 * 0.390625) ** 2
-    update: dict[str, Any] = {
-        "field": base.field.model_copy(
-            update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": 0.2}
-        ),
-        "particles": base.particles.model_copy(update={"count": int(base.particles.count * scale)}),
-    }
+    cfg = with_field(load_preset("table1"), size_px, pixel_size_nm=0.2)
     if not fusions:
-        update["dynamics"] = base.dynamics.model_copy(update={"fusion_probability": 0.0})
-    cfg = base.model_copy(update=update)
+        cfg = cfg.model_copy(
+            update={"dynamics": cfg.dynamics.model_copy(update={"fusion_probability": 0.0})}
+        )
     from nptrack.simulate.microscope import play
 
     stream, options = prepare_sequence(folder, config=cfg, frames=frames, seed=0, cadence_s=0.0)

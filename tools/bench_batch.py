@@ -31,24 +31,14 @@ from nptrack.batch import open_client, run_batch
 from nptrack.config import load_config
 from nptrack.pipeline.session import files_source, run_session
 from nptrack.simulate import load_preset, prepare_sequence
+from nptrack.simulate.presets import with_field
 
 
 def make_series(folder: Path, *, size_px: int, frames: int, seed: int) -> Path:
     """A folder of `frames` simulated size_px² TIFF frames at 0.2 nm/px; the folder."""
     from nptrack.simulate.microscope import play
 
-    base = load_preset("table1")
-    scale = (size_px * 0.2) ** 2 / (256 * 0.390625) ** 2
-    cfg = base.model_copy(
-        update={
-            "field": base.field.model_copy(
-                update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": 0.2}
-            ),
-            "particles": base.particles.model_copy(
-                update={"count": int(base.particles.count * scale)}
-            ),
-        }
-    )
+    cfg = with_field(load_preset("table1"), size_px, pixel_size_nm=0.2)
     stream, options = prepare_sequence(folder, config=cfg, frames=frames, seed=seed, cadence_s=0)
     options["mode"] = "rename"
     for _ in play(stream, folder / "frames", **options):

@@ -48,6 +48,7 @@ from nptrack.simulate.presets import (  # noqa: E402
     intensity_per_nm3,
     load_preset,
     simulate_sequence,
+    with_field,
 )
 from nptrack.track import (  # noqa: E402
     Detections,
@@ -281,16 +282,7 @@ def long_series(
     """The `table1` scene on a size_px² field (same pixel size and particle density, so
     ~46·(size/256)² particles in frame 0), continuous motion over `frames` frames, and
     detections of it (as `bench_quality` makes them) with each frame's field of view."""
-    base = load_preset("table1")
-    scale = (size_px / base.field.width_px) ** 2
-    sc = base.model_copy(
-        update={
-            "field": base.field.model_copy(update={"height_px": size_px, "width_px": size_px}),
-            "particles": base.particles.model_copy(
-                update={"count": int(base.particles.count * scale)}
-            ),
-        }
-    )
+    sc = with_field(load_preset("table1"), size_px)
     rng = np.random.default_rng(seed)
     truth, optics, _ = simulate_sequence(sc, frames=frames, rng=rng)
     rows = ground_truth_rows(truth, intensity_per_nm3=intensity_per_nm3(sc, optics))

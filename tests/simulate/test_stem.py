@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from nptrack.simulate.particles import Particles, particle_footprints, random_particles
-from nptrack.simulate.presets import load_preset, simulate_image
+from nptrack.simulate.presets import load_preset, simulate_image, with_field
 from nptrack.simulate.stem import (
     AdfOptics,
     BfOptics,
@@ -231,3 +231,18 @@ def test_real_support_mode_keeps_density_and_calibration() -> None:
     assert sim.pixel_size_nm == 0.2 and sim.image.shape == support.shape
     assert 20 <= len(sim.truth) <= 23  # half the preset's area, so half its particles
     assert (sim.image >= support - 1e-3).all()  # ADF: pasted particles only add signal
+
+
+def test_with_field_keeps_the_particles_per_nm2() -> None:
+    base = load_preset("table1")
+    f = base.field
+    per_nm2 = base.particles.count / (f.height_px * f.width_px * f.pixel_size_nm**2)
+    for size, px in ((1024, 0.2), (512, None)):
+        cfg = with_field(base, size, pixel_size_nm=px)
+        g = cfg.field
+        assert (g.height_px, g.width_px) == (size, size)
+        assert g.pixel_size_nm == (f.pixel_size_nm if px is None else px)
+        area = size * size * g.pixel_size_nm**2
+        assert abs(cfg.particles.count - per_nm2 * area) < 1
+        assert cfg.particles.count > base.particles.count  # a larger field in nm²
+    assert base.field.height_px == 256  # the preset itself is not changed

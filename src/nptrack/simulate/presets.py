@@ -49,6 +49,7 @@ __all__ = [
     "render_frames",
     "simulate_image",
     "simulate_sequence",
+    "with_field",
 ]
 
 PRESETS_DIR = Path(__file__).resolve().parents[3] / "configs" / "sim"
@@ -197,6 +198,37 @@ def load_preset(preset: str | Path) -> SimConfig:
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{path}: unknown key '{key}'") from None
         raise ConfigError(f"{path}: key '{key}': {err['msg']}") from None
+
+
+def with_field(cfg: SimConfig, size_px: int, *, pixel_size_nm: float | None = None) -> SimConfig:
+    """The same scene on a size_px² field (and pixel size), at the same particles per nm².
+
+    Parameters
+    ----------
+    cfg : SimConfig
+    size_px : int
+        Side of the new square field, pixels.
+    pixel_size_nm : float, optional
+        New pixel size (default: the preset's).
+
+    Returns
+    -------
+    SimConfig
+        A copy; the particle count scales with the field's area in nm².
+    """
+    f = cfg.field
+    px = f.pixel_size_nm if pixel_size_nm is None else pixel_size_nm
+    scale = (size_px * px) ** 2 / (f.height_px * f.width_px * f.pixel_size_nm**2)
+    return cfg.model_copy(
+        update={
+            "field": f.model_copy(
+                update={"height_px": size_px, "width_px": size_px, "pixel_size_nm": px}
+            ),
+            "particles": cfg.particles.model_copy(
+                update={"count": int(cfg.particles.count * scale)}
+            ),
+        }
+    )
 
 
 def _draw(value: Any, rng: np.random.Generator) -> Any:
