@@ -345,7 +345,7 @@ def _split_and_measure(
         area = np.bincount(kept, minlength=n + 1)[1:]
         prob = np.bincount(kept, weights=np.asarray(probability, float).ravel(), minlength=n + 1)
         own_score = prob[1:] / np.maximum(area, 1)
-        columns["score"] = np.where(area > 0, own_score, columns["score"])[columns["label"] - 1]
+        columns["score"] = np.where(area > 0, own_score, columns["score"])
     return labels, columns
 
 

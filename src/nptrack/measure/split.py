@@ -40,6 +40,7 @@ __all__ = [
     "border_mask",
     "clean_mask",
     "fill_separation_lines",
+    "label_range",
     "split_particles",
     "split_uecs",
     "split_watershed",
@@ -513,6 +514,33 @@ def split_particles(
     raise ValueError(f"unknown split method {method!r} (watershed, uecs or none)")
 
 
+def label_range(labels: np.ndarray, *, radius_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest particle label within `radius_px` (Chebyshev) of each pixel.
+
+    Two different particles are that near a pixel where ``lowest < highest``; a pixel of
+    particle L has another one that near where ``lowest < L`` or ``highest > L``.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (H, W)
+        0 = background (ids below 2**24, exact in float32).
+    radius_px : int
+
+    Returns
+    -------
+    lowest : ndarray of float32, shape (H, W)
+        Smallest non-zero label near the pixel, inf where there is none.
+    highest : ndarray of float32, shape (H, W)
+        Largest label near the pixel, 0 where there is none.
+    """
+    kernel = np.ones((2 * radius_px + 1,) * 2, np.uint8)
+    as_float = labels.astype(np.float32)
+    highest = cv2.dilate(as_float, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    nonzero = np.where(labels > 0, as_float, np.float32(np.inf))
+    lowest = cv2.erode(nonzero, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=np.inf)
+    return lowest, highest
+
+
 def fill_separation_lines(
     labels: np.ndarray, *, separation_px: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -541,12 +569,8 @@ def fill_separation_lines(
     labels = np.asarray(labels, np.int32)
     if separation_px <= 0 or labels.max(initial=0) == 0:
         return labels, np.zeros(0, np.int64)
-    reach = np.ones((4 * separation_px + 1,) * 2, np.uint8)
+    lowest, highest = label_range(labels, radius_px=2 * separation_px)
     near = np.ones((2 * separation_px + 1,) * 2, np.uint8)
-    as_float = labels.astype(np.float32)  # exact for ids below 2**24
-    highest = cv2.dilate(as_float, reach, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    nonzero = np.where(labels > 0, as_float, np.float32(np.inf))
-    lowest = cv2.erode(nonzero, reach, borderType=cv2.BORDER_CONSTANT, borderValue=np.inf)
     close = cv2.dilate((labels > 0).astype(np.uint8), near) > 0
     # One pass only: a second one would zip on into the notches where two outlines meet,
     # real background. Where the line came out a pixel wider (a kink), a pixel stays open.

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from nptrack.measure.split import label_range
 from nptrack.segment.infer import normalise
 
 __all__ = [
@@ -535,11 +536,7 @@ def separation_target(
     inside = ids > 0
     if separation_px <= 0 or not inside.any():
         return inside.astype(np.float32), np.ones(ids.shape, np.float32)
-    kernel = np.ones((2 * separation_px + 1,) * 2, np.uint8)
-    # Largest and smallest particle id nearby; background must not count as a smaller id.
-    highest = cv2.dilate(ids.astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE)
-    nonzero = np.where(inside, ids, np.iinfo(np.int32).max).astype(np.float32)
-    lowest = cv2.erode(nonzero, kernel, borderType=cv2.BORDER_REPLICATE)
+    lowest, highest = label_range(ids, radius_px=separation_px)
     line = inside & ((highest > ids) | (lowest < ids))
     target = (inside & ~line).astype(np.float32)
     return target, np.where(line, np.float32(weight), np.float32(1.0))
