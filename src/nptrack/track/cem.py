@@ -11,7 +11,7 @@ subproblem around it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -95,9 +95,6 @@ class FreshTracks:
         self._alive = np.zeros(64, dtype=bool)
         self._n = 0
 
-    def __bool__(self) -> bool:
-        return bool(self._tracks)
-
     def __len__(self) -> int:
         return len(self._tracks)
 
@@ -129,9 +126,6 @@ class FreshTracks:
             return default
         self._alive[k] = False
         return self._tracks.pop(tid)
-
-    def items(self) -> Iterator[tuple[int, Track]]:
-        return iter(self._tracks.items())
 
     def near(self, q: NDArray[np.float64], radius: float) -> list[tuple[int, Track]]:
         """Tracks that may have a point within `radius` of a query point (x, y,
