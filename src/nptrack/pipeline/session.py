@@ -495,7 +495,8 @@ def reoptimize_session(
             parts.append({"frame": np.full(len(cols["x"]), k, dtype=np.int64), **cols})
             feed_online(online, cols, field)
             if ticker is not None:
-                ticker.expected_s = ticker.elapsed() * (n - k - 1) / (k + 1)
+                # the whole replay at the pace so far (Progress subtracts what has run)
+                ticker.expected_s = ticker.elapsed() * n / (k + 1)
                 ticker.tick(lambda k=k: f"frame {k + 1} of {n}")
         online.finish()
         columns = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
