@@ -112,6 +112,21 @@ def test_gradient_matches_finite_differences(term: str, motion: str) -> None:
     assert _fd_check(pk, np.random.default_rng(0)) < 1e-5
 
 
+def test_detection_gradient_with_size_dependent_intensity_tolerance() -> None:
+    tracks, dets, fusions = _problem()
+    sizes = np.random.default_rng(1).uniform(1.5, 4.5, len(dets))
+    dets = replace(dets, diameter_nm=sizes)
+    params = _only("detection", intensity_noise_exponent=-2.0)
+    pk = pack(tracks, dets, params, fusions=fusions, n_focus=5)
+    eps = np.sqrt(pk.det_e2)
+    # smaller than the reference: looser by (d / d_ref)^-2; larger: the reference's ε_d
+    d = sizes[pk.det_g]
+    expected = 0.2 * np.minimum(d / 3.0, 1.0) ** -2.0
+    np.testing.assert_allclose(eps, np.minimum(expected, 1.0))
+    assert eps.min() == pytest.approx(0.2) and eps.max() > 0.5
+    assert _fd_check(pk, np.random.default_rng(0)) < 1e-5
+
+
 def test_superposed_pair_gradient_and_shared_gain() -> None:
     """A crossing: two tracks on one blob whose intensity is their sum are superposed."""
     xy = np.array([[10.0, 10.0], [10.5, 10.2]])

@@ -330,7 +330,11 @@ class EnergyParams:
     detection_lambda: float = 0.1  # Milan's λ: price of a point that explains no detection
     detection_scale_px: float = 1.0  # s, about 2.5 localisation_px
     localisation_px: float = 0.4  # σ of a detection's position error per axis
-    intensity_tolerance: float = 0.25  # ε_d, log units, in E_det
+    intensity_tolerance: float = 0.25  # ε_d, log units, in E_det, at reference_diameter_nm
+    # ε_d ∝ diameter^k: a small particle's integrated intensity is the noisier (a background
+    # error over its area against a mass ∝ d³); on the U-Net chain k ≈ −2, on detections with
+    # a fixed relative intensity noise 0
+    intensity_noise_exponent: float = 0.0
     intensity_smoothness: float = 0.1  # ε_s, log units per frame² (second differences)
     # ε_1: how fast a particle's log mass may drift per frame at reference_diameter_nm (Ostwald
     # ripening); it scales as d⁻³ (a volume flux acts on log volume as 1/V): small particles
@@ -363,6 +367,18 @@ class EnergyParams:
         d = np.maximum(np.asarray(diameter_nm, dtype=float), 0.05 * self.reference_diameter_nm)
         var = self.step_sigma_px**2 * (d / self.reference_diameter_nm) ** self.mobility_exponent
         return np.clip(var, 0.01, (self.max_step_px / 3.0) ** 2)
+
+    def intensity_tol(self, diameter_nm: ArrayLike) -> NDArray[np.float64]:
+        """ε_d (log units) of a detection or track of `diameter_nm`.
+
+        ``intensity_tolerance · (d / reference_diameter_nm)^intensity_noise_exponent`` for
+        particles smaller than the reference, ``intensity_tolerance`` for larger ones: their
+        measured mass is steadier, but what then breaks it (a touching neighbour, a partial
+        mask) is not noise that shrinks with size.
+        """
+        d = np.maximum(np.asarray(diameter_nm, dtype=float), 0.05 * self.reference_diameter_nm)
+        scale = (np.minimum(d / self.reference_diameter_nm, 1.0)) ** self.intensity_noise_exponent
+        return np.minimum(self.intensity_tolerance * scale, 1.0)
 
     def drift_k(self, diameter_nm: ArrayLike) -> NDArray[np.float64]:
         """1 / (2 ε_1²) of the first-difference intensity term for particles of `diameter_nm`."""
@@ -450,6 +466,7 @@ class Packed:
     starts: NDArray[np.int64]  # first point of each packed track
     det_p: NDArray[np.int64]  # E_det instances: point, detection row
     det_g: NDArray[np.int64]
+    det_e2: NDArray[np.float64]  # ε_d² of each instance's detection
     partner: NDArray[np.int64]  # superposed partner of each point or −1
     sup_w: NDArray[np.float64]  # its share of the pair's mass (fixed during a CG run)
     n_lambda: int  # points whose λ is counted
@@ -504,7 +521,7 @@ class Packed:
             dp, dg = self.det_p, self.det_g
             dx = xt[dp] - self.dets.xy[dg]
             du = ut[dp] - self.dets.log_intensity[dg]
-            s2, e2 = p.detection_scale_px**2, p.intensity_tolerance**2
+            s2, e2 = p.detection_scale_px**2, self.det_e2
             den = 1.0 + (dx * dx).sum(1) / s2 + du * du / e2
             # a blob shared by two superposed particles is one detection: half the gain each
             c = self.dets.score[dg] * np.where(has[dp], 0.5, 1.0)
@@ -656,7 +673,7 @@ class Packed:
                 sp = np.where(has, np.exp(u[dp] - ut), 1.0)
                 dx = xy[dp] - self.dets.xy[dg]
                 du = ut - self.dets.log_intensity[dg]
-                e2 = p.intensity_tolerance**2
+                e2 = self.det_e2
                 z = (dx * dx).sum(1) / p.detection_scale_px**2 + du * du / e2
                 c = self.dets.score[dg] * np.where(has, 0.5, 1.0)
                 w = p.weight_detection * c / ((1.0 + z) ** 2 * e2)
@@ -984,6 +1001,7 @@ def pack(
         starts=starts,
         det_p=det_p,
         det_g=det_g,
+        det_e2=params.intensity_tol(dets.diameter_nm[det_g]) ** 2,
         partner=partner,
         sup_w=sup_w,
         n_lambda=_n_lambda(tracks, n_focus, dets, params, xy, t, focus_pt, det_all, tr_d),

@@ -97,7 +97,7 @@ def _link_cost(
     a: NDArray[np.int64],
     b: NDArray[np.int64],
     var: NDArray[np.float64],
-    eps: float,
+    eps: float | NDArray[np.float64],
 ) -> NDArray[np.float64]:
     d2 = ((dets.xy[a] - dets.xy[b]) ** 2).sum(1)
     dv = dets.log_intensity[a] - dets.log_intensity[b]
@@ -125,7 +125,7 @@ def link_frames(dets: Detections, params: EnergyParams) -> NDArray[np.int64]:
     )
     a = pairs["i"].astype(np.int64)
     b = pairs["j"].astype(np.int64)
-    eps = 2.0 * params.intensity_tolerance
+    eps = 2.0 * params.intensity_tol(dets.diameter_nm[a])
     cost = _link_cost(dets, a, b, _link_var(dets, params, a), eps)
     ok = cost < _GATE
     a, b, cost = a[ok], b[ok], cost[ok]
@@ -159,7 +159,6 @@ def _close_gaps(
     heads = np.array([c[0] for c in chains])
     head_pts = np.column_stack([dets.xy[heads], dets.frame[heads] * FRAME_SEP])
     tree = cKDTree(head_pts)
-    eps = 2.0 * params.intensity_tolerance
     R, C, K = [], [], []
     for gap in range(2, params.max_gap_frames + 2):
         q = np.column_stack([dets.xy[ends], (dets.frame[ends] + gap) * FRAME_SEP])
@@ -173,6 +172,7 @@ def _close_gaps(
         return groups
     r, c, k = np.array(R), np.array(C), np.array(K, dtype=float)
     var = _link_var(dets, params, ends[r]) * k
+    eps = 2.0 * params.intensity_tol(dets.diameter_nm[ends[r]])
     cost = _link_cost(dets, ends[r], heads[c], var, eps) + 0.5 * (k - 1)
     ok = cost < _GATE
     half = np.full(len(chains), _GATE / 2.0)
@@ -228,8 +228,9 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
     """Measure mobility, localisation noise and intensity scatter from confident links.
 
     The exponent of the mobility law is kept from `params` (config); its prefactor, the
-    localisation noise (→ detection scale s), the intensity tolerances, the border margin and
-    the size below which births and vanishing are free are set from the data.
+    localisation noise (→ detection scale s), the intensity tolerances and the power of size
+    by which ε_d grows for particles smaller than the median, the border margin and the size
+    below which births and vanishing are free are set from the data.
     """
     if len(dets) < 10:
         return params
@@ -262,7 +263,16 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
     b = float(max(b2 / 2.0, 0.0))
     sigma = float(np.sqrt(a))
     dvv = np.concatenate(dv)
-    scatter = 1.4826 * float(np.median(np.abs(dvv - np.median(dvv)))) / np.sqrt(2.0)
+    # the scatter's power law in size: slope of log|Δ log I| on log d (a scale-free fit,
+    # robust to the heavy tail) over links of particles of at least two sizes
+    d_link = np.concatenate([np.median(dets.diameter_nm[c]) * np.ones(c.size - 1) for c in chains])
+    x_d = np.log(d_link / d_ref)
+    k = 0.0
+    if np.ptp(x_d) > 0.2:
+        y_d = np.log(np.maximum(np.abs(dvv - np.median(dvv)), 1e-6))
+        k = float(np.clip(np.polyfit(x_d, y_d, 1)[0], -3.0, 0.0))
+    z = (dvv - np.median(dvv)) / np.exp(k * x_d)
+    scatter = 1.4826 * float(np.median(np.abs(z))) / np.sqrt(2.0)
     scatter = max(scatter, 0.01)
     radius_px = 0.5 * d_ref / p.pixel_size_nm
     return replace(
@@ -271,6 +281,7 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
         localisation_px=float(np.sqrt(b)),
         detection_scale_px=float(np.clip(2.5 * np.sqrt(b), 0.5, 3.0)),
         intensity_tolerance=float(np.clip(2.5 * scatter, 0.05, 0.5)),
+        intensity_noise_exponent=k,
         intensity_smoothness=float(np.clip(0.3 * scatter, 0.01, 0.1)),
         # intensities at a fusion are averages over many frames: tighter than one detection
         mass_tolerance=float(np.clip(0.5 * scatter, 0.02, 0.3)),

@@ -124,7 +124,8 @@ def _suspicious(mv: Mover, t: Track) -> NDArray[np.int64]:
         return np.zeros(0, np.int64)
     step = np.sqrt((np.diff(t.xy, axis=0) ** 2).sum(1))
     du = np.abs(np.diff(t.u))
-    bad = (step > mv.reach_px(mv.diam[t.id], 1)) | (du > 3.0 * mv.p.intensity_tolerance)
+    tol = float(mv.p.intensity_tol(mv.diam[t.id]))
+    bad = (step > mv.reach_px(mv.diam[t.id], 1)) | (du > 3.0 * tol)
     obs = t.det >= 0
     # edges of interpolated runs of two or more frames
     run = ~obs[:-1] & ~obs[1:]
@@ -159,7 +160,7 @@ def gen_merge(mv: Mover) -> Iterator[list[Move]]:
         ok = (gap >= 1) & (gap <= p.max_gap_frames + 1)
         ok |= _out_of_view_gap(mv, a, gap, h_xy, h_t)
         ok &= d <= mv.reach_px(mv.diam[a.id], np.maximum(gap, 1)) + slack
-        ok &= np.abs(h_u - a.u[-1]) < 4.0 * p.intensity_tolerance + 0.3
+        ok &= np.abs(h_u - a.u[-1]) < 4.0 * float(p.intensity_tol(mv.diam[a.id])) + 0.3
         group = []
         for j in np.flatnonzero(ok)[np.argsort(d[ok])][:4]:
             b = heads[j]
@@ -473,7 +474,7 @@ def _extend(mv: Mover, t: Track, forward: bool, max_obs: int = 10) -> list[Track
             d = np.sqrt(((dets.xy[rows] - pos) ** 2).sum(1))
             dv = np.abs(dets.log_intensity[rows] - u)
             ok = (d <= mv.reach_px(mv.diam[t.id], miss + 1)) & (
-                dv < 4.0 * p.intensity_tolerance + 0.3
+                dv < 4.0 * float(p.intensity_tol(mv.diam[t.id])) + 0.3
             )
             if ok.any():
                 g = int(rows[ok][np.argmin(d[ok])])
@@ -627,7 +628,7 @@ def _swap_cost(mv: Mover, a: Track, b: Track, t: int) -> float:
         return float(v[x.det[i]]) if x.det[i] >= 0 else float(x.u[i])
 
     ua, ua1, ub, ub1 = meas(a, ia), meas(a, ia + 1), meas(b, ib), meas(b, ib + 1)
-    e2 = 2.0 * p.intensity_tolerance**2
+    e2 = 2.0 * float(p.intensity_tol(mv.diam[a.id]) * p.intensity_tol(mv.diam[b.id]))
     ints = ((ua - ub1) ** 2 + (ub - ua1) ** 2 - (ua - ua1) ** 2 - (ub - ub1) ** 2) / e2
     return p.weight_dynamics * dyn + p.weight_intensity * ints
 

@@ -453,7 +453,8 @@ class OnlineTracker:
             C = rows[np.fromiter((j for h in hits for j in h), dtype=np.int64, count=R.size)]
             d2 = ((dets.xy[C] - e_xy[R]) ** 2).sum(1)
             dv = dets.log_intensity[C] - e_u[R]
-            K = d2 / (2.0 * var[R]) + dv * dv / (2.0 * (2.0 * p.intensity_tolerance) ** 2)
+            eps = 2.0 * p.intensity_tol(dets.diameter_nm[anchor[R]])
+            K = d2 / (2.0 * var[R]) + dv * dv / (2.0 * eps**2)
             K += 0.5 * (gap[R] - 1)
             ok = K < _GATE
             R, C, K = R[ok], C[ok], K[ok]
