@@ -12,7 +12,7 @@ One series is processed as
                                         global CEM), exported, reported
 
 which is what `run_session` does for ``nptrack track``, step for step (`store_frame` mirrors
-the pipeline's track stage and `serve_detect`'s coordinate mapping), so the tracks are
+the pipeline's track stage, which maps the detections with `map_detections`), so the tracks are
 identical to a serial run. Each worker process keeps one detector (one ONNX Runtime session)
 per configuration and thread, and the last stack file it read.
 """
@@ -225,17 +225,12 @@ def store_frame(
     Returns (detections stored, problem or None).
     """
     from nptrack.pipeline.store import frame_record
-    from nptrack.register.warp import map_points
+    from nptrack.register.warp import map_detections
 
     matrix, px = reg["matrix"], reg["pixel_size_nm"]
     status = "failed" if det.error is not None else reg["status"]
-    dets = dict(det.columns)
-    if dets and len(dets.get("x", ())):  # serve_detect: into frame-0 pixels
-        xy = np.column_stack([dets["x"], dets["y"]])
-        dets["x"], dets["y"] = map_points(xy, matrix).T
-        if px:
-            dets["x_nm"] = dets["x"] * px[1]
-            dets["y_nm"] = dets["y"] * px[0]
+    # into frame-0 pixels, as the pipeline's track stage does
+    dets = map_detections(dict(det.columns), np.asarray(matrix), px)
     dets = {k: np.asarray(v) for k, v in dets.items()}
     row = frame_record(
         frame=reg["frame"], time_s=reg["time_s"], source=reg["source"], pixel_size_nm=px,

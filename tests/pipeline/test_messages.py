@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
-from nptrack.pipeline.messages import Message, MessageError, decode, encode
+from nptrack.pipeline.messages import PROTOCOL_VERSION, Message, MessageError, decode, encode
 
 
 def test_round_trip_over_zmq() -> None:
@@ -41,9 +41,12 @@ def test_non_contiguous_and_empty_arrays() -> None:
 def test_protocol_errors() -> None:
     with pytest.raises(MessageError, match="version"):
         decode([b'{"v": 99, "kind": "frame", "arrays": []}'])
+    with pytest.raises(MessageError, match="version"):  # a peer of protocol 1 (detect mapped)
+        decode([b'{"v": 1, "kind": "frame", "arrays": []}'])
     with pytest.raises(MessageError, match="not JSON"):
         decode([b"\x80\x03pickle"])
     with pytest.raises(MessageError, match="does not match"):
-        decode([b'{"v":1,"kind":"frame","arrays":[{"name":"a","dtype":"<f4","shape":[3]}]}', b"12"])
+        spec = '"arrays":[{"name":"a","dtype":"<f4","shape":[3]}]'
+        decode([f'{{"v":{PROTOCOL_VERSION},"kind":"frame",{spec}}}'.encode(), b"12"])
     with pytest.raises(MessageError, match="object"):
         encode(Message("frame", {}, {"a": np.array([object()])}))

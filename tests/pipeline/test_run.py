@@ -133,3 +133,34 @@ def test_resume_continues_numbering(tmp_path: Path) -> None:
         run_pipeline(list_source(rest), steps, store, first_index=store.n_frames())
         assert [r["frame"] for r in store.frames()] == [0, 1, 2, 3]
         assert [r["source"] for r in store.frames()] == [f.source for f in frames]
+
+
+def test_detection_runs_while_the_frame_is_registered(tmp_path: Path) -> None:
+    # Registration of each frame waits until that frame's detection has begun: with the two
+    # in sequence (register, then detect) this run could not finish.
+    started: dict[int, threading.Event] = {k: threading.Event() for k in range(6)}
+    frames = blob_frames(6)
+    shifted = shift_register(2.0)
+
+    def register(frame: Frame):
+        assert started[frame.index].wait(10.0), f"frame {frame.index} not detecting yet"
+        return shifted(frame)
+
+    def make():
+        detect = blob_detector()()
+
+        def first_mark(image: np.ndarray, pixel_size_nm):
+            k = next(i for i, f in enumerate(frames) if np.array_equal(f.data, image))
+            started[k].set()
+            return detect(image, pixel_size_nm)
+
+        return first_mark
+
+    with SessionStore(tmp_path) as store:
+        summary = run_pipeline(list_source(frames), Steps(register, make), store, workers=1)
+        dets = store.detections()
+        rows = store.frames()
+    assert summary.frames_stored == 6 and summary.frames_failed == 0
+    assert [r["status"] for r in rows] == ["ok"] * 6
+    # the registration still reaches the detections (mapped at the track stage)
+    np.testing.assert_allclose([d["x"] for d in dets], 11.5, atol=1e-9)

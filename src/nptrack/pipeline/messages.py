@@ -15,8 +15,9 @@ import numpy as np
 
 __all__ = ["PROTOCOL_VERSION", "Message", "MessageError", "decode", "encode"]
 
-PROTOCOL_VERSION = 1
-_ALLOWED_KINDS = {"frame", "registered", "detections", "tracks", "status", "error", "end"}
+# 2: frames go to detection unregistered; their registration travels to the track stage
+PROTOCOL_VERSION = 2
+_ALLOWED_KINDS = {"frame", "registration", "detections", "tracks", "status", "error", "end"}
 
 
 class MessageError(ValueError):
@@ -30,7 +31,7 @@ class Message:
     Attributes
     ----------
     kind : str
-        'frame', 'registered', 'detections', 'tracks', 'status', 'error' or 'end'.
+        'frame', 'registration', 'detections', 'tracks', 'status', 'error' or 'end'.
     fields : dict
         JSON-serialisable header fields (frame index, source, pixel size, timings ...).
     arrays : dict of str to ndarray

@@ -22,6 +22,7 @@ from nptrack.pipeline.messages import Message
 from nptrack.pipeline.stages import (
     StageThread,
     frame_message,
+    join_frame,
     pull_socket,
     push_socket,
     receive,
@@ -135,11 +136,11 @@ def run_pipeline(
     """
     ctx = zmq.Context()
     tag = uuid.uuid4().hex[:8]
-    addr = {k: f"inproc://nptrack-{tag}-{k}" for k in ("frames", "registered", "detections")}
+    addr = {k: f"inproc://nptrack-{tag}-{k}" for k in ("frames", "to_detect", "detections")}
     bind = dict(addr)
     if detect_addresses is not None:  # remote detect stages may join over tcp://
-        bind["registered"], bind["detections"] = detect_addresses
-        addr["registered"], addr["detections"] = (_local(a) for a in detect_addresses)
+        bind["to_detect"], bind["detections"] = detect_addresses
+        addr["to_detect"], addr["detections"] = (_local(a) for a in detect_addresses)
     abort = threading.Event()
     source_stop = source_stop or threading.Event()
     summary = RunSummary()
@@ -149,11 +150,11 @@ def run_pipeline(
     # Bind every PULL end first: inproc requires bind before connect.
     reg_in = pull_socket(ctx, addr["frames"], bind=True, hwm=hwm)
     try:  # bound here, used by the register thread: a busy port is an error before anything runs
-        reg_out = push_socket(ctx, bind["registered"], bind=True, hwm=hwm)
+        reg_out = push_socket(ctx, bind["to_detect"], bind=True, hwm=hwm)
     except zmq.ZMQError as exc:
         reg_in.close(linger=0)
         ctx.term()
-        raise RuntimeError(f"cannot bind {bind['registered']}: {exc}") from exc
+        raise RuntimeError(f"cannot bind {bind['to_detect']}: {exc}") from exc
     try:
         trk_in = pull_socket(ctx, bind["detections"], bind=True, hwm=hwm)
     except zmq.ZMQError as exc:
@@ -205,6 +206,9 @@ def run_pipeline(
                     stop.wait()
                     return
                 f = msg.fields
+                # detection does not wait for the registration: the frame goes on now and
+                # its matrix follows it to the track stage (the two run at the same time)
+                send(out, frame_message("frame", f, msg.arrays["image"]), stop)
                 frame = Frame(
                     np.asarray(msg.arrays["image"]),
                     tuple(f["pixel_size_nm"]) if f["pixel_size_nm"] else None,
@@ -217,16 +221,15 @@ def run_pipeline(
                 except Exception as exc:  # one bad frame must not stop the series
                     log.warning("registration of frame %s failed: %s", f["index"], exc)
                     matrix, cc, status = np.eye(2, 3), float("nan"), "failed"
-                fields = {**f, "matrix": np.asarray(matrix).tolist(), "reg_cc": cc}
-                fields["status"] = status
-                send(out, frame_message("registered", fields, msg.arrays["image"]), stop)
+                reg = {"index": f["index"], "matrix": np.asarray(matrix).tolist(), "reg_cc": cc}
+                send(end_out, Message("registration", {**reg, "status": status}), stop)
         finally:
             out.close(linger=0)
             end_out.close(linger=0)
 
     def detect_body(stop: threading.Event) -> None:
         out = push_socket(ctx, addr["detections"], bind=False, hwm=hwm)
-        det_in = pull_socket(ctx, addr["registered"], bind=False, hwm=hwm)
+        det_in = pull_socket(ctx, addr["to_detect"], bind=False, hwm=hwm)
         try:
             serve_detect(det_in, out, steps.make_detector(), stop)
         finally:
@@ -234,7 +237,8 @@ def run_pipeline(
             out.close(linger=0)
 
     def track_body(stop: threading.Event) -> None:
-        pending: dict[int, Message] = {}
+        pending: dict[int, Message] = {}  # detections, by frame
+        registered: dict[int, dict[str, Any]] = {}  # registrations, by frame
         expected: int | None = None
         next_index = first_index
         while expected is None or next_index < first_index + expected:
@@ -248,21 +252,22 @@ def run_pipeline(
             if msg.kind == "end":
                 expected = msg.fields["n_frames"] if expected is None else expected
                 continue
-            pending[msg.fields["index"]] = msg  # workers may deliver out of order
-            while next_index in pending:
-                _store_frame(pending.pop(next_index))
+            if msg.kind == "registration":
+                registered[msg.fields["index"]] = msg.fields
+            else:
+                pending[msg.fields["index"]] = msg  # workers may deliver out of order
+            while next_index in pending and next_index in registered:
+                _store_frame(*join_frame(pending.pop(next_index), registered.pop(next_index)))
                 next_index += 1
         if steps.tracker is not None:
             summary.track_version = steps.tracker.finish()
 
-    def _store_frame(msg: Message) -> None:
-        f = msg.fields
+    def _store_frame(f: dict[str, Any], dets: dict[str, np.ndarray]) -> None:
         row = frame_record(
             frame=f["index"], time_s=f["time_s"], source=f["source"],
             pixel_size_nm=f["pixel_size_nm"], matrix=f["matrix"], reg_cc=f["reg_cc"],
             status=f["status"], shape=(f["height"], f["width"]),
         )  # fmt: skip
-        dets = msg.arrays
         store.add_frame(row, dets, run_id=run_id)
         if steps.tracker is not None:
             steps.tracker.update(f["index"], {} if f["status"] == "failed" else dict(dets))

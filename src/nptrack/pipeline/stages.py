@@ -1,11 +1,18 @@
 """Pipeline stages as threads connected by ZeroMQ PUSH/PULL sockets.
 
     source ──> register ──> detect ×N ──> track + store ──PUB──> dashboards
+                   └──── registration ────────┘
 
 Every stage is a `StageThread`: a loop with a stop event whose exception is kept and
 re-raised in the main thread by `StageThread.join_and_raise` (LiberTEM-live style). A failure
 while processing *one frame* does not stop the stage: the frame travels on marked ``failed``
 with the reason, so the tracker's count of frames stays exact and the session goes on.
+
+Detection does not need the registration (it runs on the frame as acquired and its points
+are mapped afterwards), so the register stage hands each frame on to detection first and then
+computes its registration, which goes straight to the track stage; there a frame is stored
+once both its detections and its registration have arrived. The two run at the same time:
+a frame's latency is the longer of them, not their sum.
 
 The END message carries the number of frames sent and goes from register straight to the
 track stage, which finishes when it has stored that many, whatever order the detect workers
@@ -25,15 +32,18 @@ import numpy as np
 import zmq
 
 from nptrack.pipeline.messages import Message, decode, encode
-from nptrack.register.warp import map_points
+from nptrack.register.warp import map_detections
 
 __all__ = [
     "POLL_MS",
     "StageThread",
+    "join_frame",
     "preview",
     "pull_socket",
     "push_socket",
     "serve_detect",
+    "thumbnail",
+    "warp_thumbnail",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,22 +139,47 @@ def frame_message(kind: str, fields: dict[str, Any], image: np.ndarray | None) -
 PREVIEW_PX = 512  # long side of the frame thumbnails published for dashboards
 
 
+def _thumbnail_scale(shape: tuple[int, int], max_px: int) -> float:
+    return min(1.0, max_px / max(shape))
+
+
+def thumbnail(image: np.ndarray, *, max_px: int = PREVIEW_PX) -> np.ndarray:
+    """The frame as acquired, shrunk to a long side of at most `max_px` (float32)."""
+    import cv2
+
+    h, w = image.shape
+    scale = _thumbnail_scale((h, w), max_px)
+    small = np.ascontiguousarray(image, dtype=np.float32)
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
+    return small
+
+
+def warp_thumbnail(
+    small: np.ndarray,
+    matrix: np.ndarray,
+    frame_shape: tuple[int, int],
+    *,
+    max_px: int = PREVIEW_PX,
+) -> np.ndarray:
+    """A `thumbnail` of a frame of `frame_shape` resampled into frame-0 coordinates."""
+    import cv2
+
+    scale = _thumbnail_scale(frame_shape, max_px)
+    m = np.array(matrix, dtype=np.float64)
+    m[:, 2] *= scale  # same linear part, translation in thumbnail pixels
+    size = (small.shape[1], small.shape[0])
+    img = np.ascontiguousarray(small, dtype=np.float32)
+    return cv2.warpAffine(img, m, size, flags=cv2.INTER_LINEAR, borderValue=float(np.nan))
+
+
 def preview(image: np.ndarray, matrix: np.ndarray, *, max_px: int = PREVIEW_PX) -> np.ndarray:
     """A float32 thumbnail of the frame resampled into frame-0 coordinates.
 
     Its pixel (i, j) is frame-0 pixel (i, j) / scale with ``scale = min(1, max_px / max(H, W))``.
     """
-    import cv2
-
-    h, w = image.shape
-    scale = min(1.0, max_px / max(h, w))
-    small = np.ascontiguousarray(image, dtype=np.float32)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if scale < 1.0:
-        small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-    m = np.array(matrix, dtype=np.float64)
-    m[:, 2] *= scale  # same linear part, translation in thumbnail pixels
-    return cv2.warpAffine(small, m, size, flags=cv2.INTER_LINEAR, borderValue=float(np.nan))
+    return warp_thumbnail(thumbnail(image, max_px=max_px), matrix, image.shape, max_px=max_px)
 
 
 def serve_detect(
@@ -153,7 +188,8 @@ def serve_detect(
     detect: Callable[[np.ndarray, Any], dict[str, np.ndarray]],
     stop: threading.Event,
 ) -> int:
-    """The detect stage: registered frames in, detections in frame-0 pixels out.
+    """The detect stage: frames in, detections in the frame's own pixels out (`join_frame` maps
+    them into frame-0 pixels with the frame's registration, at the track stage).
 
     Runs until `stop` is set (a detect worker keeps serving: frames of one run, or of many
     runs for a remote `nptrack stage detect`). A frame whose detection fails travels on
@@ -171,17 +207,27 @@ def serve_detect(
             f["status"], f["error"] = "failed", str(exc)
             dets = {}
         f["detect_s"] = time.perf_counter() - t0
-        if dets and len(dets.get("x", ())):
-            dets = dict(dets)
-            xy = np.column_stack([dets["x"], dets["y"]])
-            dets["x"], dets["y"] = map_points(xy, np.asarray(f["matrix"])).T
-            if f["pixel_size_nm"]:
-                dets["x_nm"] = dets["x"] * f["pixel_size_nm"][1]
-                dets["y_nm"] = dets["y"] * f["pixel_size_nm"][0]
         f["height"], f["width"] = image.shape
         arrays = {k: np.asarray(v) for k, v in dets.items()}
-        if f.get("preview"):  # for the dashboards; the store ignores it
-            arrays["preview"] = preview(image, np.asarray(f["matrix"]))
+        if f.get("preview"):  # for the dashboards (warped at the track stage); not stored
+            arrays["preview"] = thumbnail(image)
         send(out, Message("detections", f, arrays), stop)
         handled += 1
     return handled
+
+
+def join_frame(
+    detections: Message, registration: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One frame's fields and detection columns in frame-0 pixels, from what the detect stage
+    sent and the register stage's ``registration`` fields (matrix, reg_cc, status).
+
+    The frame is ``failed`` when its detection failed, else it has its registration's status.
+    """
+    f = {**detections.fields, "matrix": registration["matrix"], "reg_cc": registration["reg_cc"]}
+    f["status"] = "failed" if f.get("status") == "failed" else registration["status"]
+    matrix = np.asarray(registration["matrix"], dtype=np.float64)
+    dets = map_detections(dict(detections.arrays), matrix, f["pixel_size_nm"])
+    if "preview" in dets:
+        dets["preview"] = warp_thumbnail(dets["preview"], matrix, (f["height"], f["width"]))
+    return f, dets

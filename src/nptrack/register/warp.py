@@ -17,6 +17,7 @@ __all__ = [
     "field_rms",
     "identity",
     "invert",
+    "map_detections",
     "map_points",
     "to_homogeneous",
     "warp_mask_valid",
@@ -75,6 +76,38 @@ def map_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     m = np.asarray(matrix, dtype=np.float64)
     return p @ m[:, :2].T + m[:, 2]
+
+
+def map_detections(
+    detections: dict[str, np.ndarray],
+    matrix: np.ndarray,
+    pixel_size_nm: tuple[float, float] | None,
+) -> dict[str, np.ndarray]:
+    """Detection columns with ``x, y`` mapped into frame-0 pixels (and ``x_nm, y_nm`` from them).
+
+    Parameters
+    ----------
+    detections : dict of str to ndarray, each of shape (N,)
+        ``x, y`` in pixels of the acquired frame, other columns passed through.
+    matrix : ndarray, shape (2, 3)
+        The frame's registration (acquired px → frame-0 px).
+    pixel_size_nm : (row, column) pixel size in nm, optional
+        Without it, no ``x_nm`` / ``y_nm`` columns are written.
+
+    Returns
+    -------
+    dict of str to ndarray
+        A new dict; the input is not changed.
+    """
+    out = dict(detections)
+    if not len(out.get("x", ())):
+        return out
+    xy = np.column_stack([out["x"], out["y"]])
+    out["x"], out["y"] = map_points(xy, matrix).T
+    if pixel_size_nm:
+        out["x_nm"] = out["x"] * pixel_size_nm[1]
+        out["y_nm"] = out["y"] * pixel_size_nm[0]
+    return out
 
 
 def warp_to_reference(
