@@ -456,6 +456,22 @@ def stack_fields(fields: Iterable[np.ndarray | None]) -> np.ndarray | None:
     return np.stack([eye if f is None else np.asarray(f, dtype=float) for f in fields])
 
 
+def _release_freed_memory() -> None:
+    """Give heap pages freed by Python back to the OS (glibc's ``malloc_trim``; elsewhere a
+    no-op).
+
+    Each background version handed back (columns of the whole history) is freed once stored,
+    but glibc keeps the pages, so the live process's resident memory rose in steps as the
+    versions grew; trimmed after each one, it stays level.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _lower_priority() -> None:
     """Worker-process initialiser: lower its CPU priority where the OS allows it."""
     try:
@@ -648,6 +664,8 @@ class SessionTracker:
             log.warning("background global re-optimisation failed: %s", exc)
             return
         self._add_global(columns, events, self._future_frames - 1)
+        del columns, events
+        _release_freed_memory()
 
     def _add_global(
         self, columns: Mapping[str, np.ndarray], events: list[dict[str, Any]], last: int
