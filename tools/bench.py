@@ -18,6 +18,9 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
   earlier playback, the frames replayed in a cycle (``--long-playback cycle``: every 6 frames
   each particle jumps back to where it was), is not a series a microscope gives; it is kept
   to compare with earlier runs;
+- ``--stand-in-detect S``: the latency / throughput runs with a detect step that sleeps S
+  seconds and finds nothing (it leaves the CPU free, as a GPU detector would): the
+  pipeline's own latency around a detector of that speed;
 - measurement (``--measure``): per frame, outside the pipeline, the U-Net, then
   `detect_particles` (threshold, clean, polarity cut, separation, measurement) and
   `measure_particles` alone on its probability, median of ``--repeats`` runs, in s and ms per
@@ -26,6 +29,7 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
     python tools/bench.py --sizes 1024 2048 --frames 12 --out bench.json
     python tools/bench.py --sizes 1024 --frames 0 --long 1000 --out bench_memory.json
     python tools/bench.py --sizes 1024 2048 --frames 0 --measure --out bench_measure.json
+    python tools/bench.py --sizes 1024 --frames 16 --stand-in-detect 0.2
 """
 
 from __future__ import annotations
@@ -113,6 +117,19 @@ def paced_source(
                 stop.wait(max(0.0, t0 + (k + 1) * cadence_s - time.monotonic()))
 
     return source
+
+
+def sleeping_detector(seconds: float) -> Callable[[], Callable[[np.ndarray, Any], dict]]:
+    """`run_session`'s ``make_detector`` for a detect step that sleeps and finds nothing."""
+
+    def make() -> Callable[[np.ndarray, Any], dict]:
+        def detect(image: np.ndarray, pixel_size_nm: Any) -> dict:
+            time.sleep(seconds)
+            return {}
+
+        return detect
+
+    return make
 
 
 def run(frames: list[Frame], n: int, cadence_s: float, config: Any, **kw: Any) -> dict[str, Any]:
@@ -234,6 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         "fusions in the scene), or in a cycle as before (each particle jumps back every N frames)",
     )
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
+    ap.add_argument(
+        "--stand-in-detect",
+        type=float,
+        default=None,
+        metavar="S",
+        help="detect step that sleeps S seconds and finds nothing (a GPU stand-in)",
+    )
     ap.add_argument("--measure", action="store_true", help="time the measurement stage alone")
     ap.add_argument("--repeats", type=int, default=5, help="runs per --measure timing")
     ap.add_argument(
@@ -257,14 +281,18 @@ def main(argv: list[str] | None = None) -> int:
         "model": config.segment.model_path,
         "pixel_size_nm": 0.2,
         "sizes": {},
+        "stand_in_detect_s": args.stand_in_detect,
     }
+    kw: dict[str, Any] = {"background": False}
+    if args.stand_in_detect is not None:
+        kw["make_detector"] = sleeping_detector(args.stand_in_detect)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes if args.frames else []:
             print(f"simulating {size}² frames ...", file=sys.stderr)
             frames = make_series(Path(tmp) / str(size), size, min(args.frames, 6))
-            through = run(frames, args.frames, 0.0, config, background=False)
+            through = run(frames, args.frames, 0.0, config, **kw)
             cadence = round(1.5 / through["frames_per_s"], 3)
-            latency = run(frames, args.frames, cadence, config, background=False)
+            latency = run(frames, args.frames, cadence, config, **kw)
             result["sizes"][f"{size}x{size}"] = {"throughput": through, "latency": latency}
             print(json.dumps({size: result["sizes"][f"{size}x{size}"]}), file=sys.stderr)
         for size in args.sizes if args.measure else []:
