@@ -23,3 +23,14 @@ def test_pingpong_playback_never_jumps_and_cycle_does() -> None:
     assert [bench.playback_index(k, 1, "pingpong") for k in range(3)] == [0, 0, 0]
     with pytest.raises(ValueError, match="unknown playback"):
         bench.playback_index(0, 6, "shuffle")
+
+
+def test_stand_in_detector_sleeps_and_finds_nothing() -> None:
+    import time
+
+    import numpy as np
+
+    detect = bench.sleeping_detector(0.05)()
+    t0 = time.perf_counter()
+    assert detect(np.zeros((8, 8), np.float32), None) == {}
+    assert time.perf_counter() - t0 >= 0.05
