@@ -462,7 +462,7 @@ def _release_freed_memory() -> None:
 
     Each background version handed back (columns of the whole history) is freed once stored,
     but glibc keeps the pages, so the live process's resident memory rose in steps as the
-    versions grew; trimmed after each one, it stays level.
+    versions grew (README, memory over a long run).
     """
     try:
         import ctypes

@@ -331,9 +331,9 @@ class EnergyParams:
     detection_scale_px: float = 1.0  # s, about 2.5 localisation_px
     localisation_px: float = 0.4  # σ of a detection's position error per axis
     intensity_tolerance: float = 0.25  # ε_d, log units, in E_det, at reference_diameter_nm
-    # ε_d ∝ diameter^k: a small particle's integrated intensity is the noisier (a background
-    # error over its area against a mass ∝ d³); on the U-Net chain k ≈ −2, on detections with
-    # a fixed relative intensity noise 0
+    # below reference_diameter_nm ε_d ∝ diameter^k (`intensity_tol`): a small particle's
+    # integrated intensity is the noisier (a background error over its area against a mass
+    # ∝ d³); on the U-Net chain k ≈ −2, on detections with a fixed relative noise 0
     intensity_noise_exponent: float = 0.0
     intensity_smoothness: float = 0.1  # ε_s, log units per frame² (second differences)
     # ε_1: how fast a particle's log mass may drift per frame at reference_diameter_nm (Ostwald
