@@ -664,7 +664,8 @@ class SessionTracker:
             log.warning("background global re-optimisation failed: %s", exc)
             return
         self._add_global(columns, events, self._future_frames - 1)
-        del columns, events
+        # the future holds the result too: only with every reference gone are its pages free
+        del columns, events, future
         _release_freed_memory()
 
     def _add_global(

@@ -463,6 +463,7 @@ def _extend(mv: Mover, t: Track, forward: bool, max_obs: int = 10) -> list[Track
     limit = sol.last_frame if forward else max(sol.first_frame, sol.frozen_until + 1)
     found: list[tuple[int, int]] = []
     miss = 0
+    dv_max = 4.0 * float(p.intensity_tol(mv.diam[t.id])) + 0.3
     while len(found) < max_obs and miss <= p.max_gap_frames:
         f += step
         if (forward and f > limit) or (not forward and f < limit):
@@ -473,9 +474,7 @@ def _extend(mv: Mover, t: Track, forward: bool, max_obs: int = 10) -> list[Track
         if rows.size:
             d = np.sqrt(((dets.xy[rows] - pos) ** 2).sum(1))
             dv = np.abs(dets.log_intensity[rows] - u)
-            ok = (d <= mv.reach_px(mv.diam[t.id], miss + 1)) & (
-                dv < 4.0 * float(p.intensity_tol(mv.diam[t.id])) + 0.3
-            )
+            ok = (d <= mv.reach_px(mv.diam[t.id], miss + 1)) & (dv < dv_max)
             if ok.any():
                 g = int(rows[ok][np.argmin(d[ok])])
                 found.append((f, g))
