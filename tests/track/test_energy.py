@@ -150,30 +150,6 @@ def test_superposed_pair_gradient_and_shared_gain() -> None:
     assert pk2.energy()[3]["exclusion"] > 0.5
 
 
-@pytest.mark.parametrize(
-    ("blob_nm", "both"),
-    [(np.sqrt(18.0), True), (0.98 * np.sqrt(18.0), True), (np.cbrt(54.0), False), (3.0, False)],
-)
-def test_blob_of_two_sizes_counts_for_both(blob_nm: float, both: bool) -> None:
-    """Frame 0: two 3 nm particles seen apart; frame 1: one blob of both masses. A blob with
-    the summed area (d = √18 nm) shows two particles: each gets the whole gain. One with the
-    coalesced volume (∛54 nm) or one particle's size does not: half each."""
-    dets = Detections.from_arrays(
-        [0, 0, 1], [6.0, 14.0, 10.1], [10.0, 10.0, 10.0], diameter_nm=[3.0, 3.0, blob_nm],
-        intensity=[1000.0, 2000.0, 3000.0], pixel_size_nm=0.5,
-    )  # fmt: skip
-    a = Track(0, 0, np.array([[6.0, 10.0], [9.5, 10.0]]), np.log([1000.0] * 2), np.array([0, 2]))
-    b = Track(1, 0, np.array([[14.0, 10.0], [10.4, 10.0]]), np.log([2000.0] * 2), np.array([1, 2]))
-    p = _only("detection", contact_factor=1.0)
-    # the tracks' sizes come from the detections each holds alone (frame 0), not the blob
-    pk = pack([a, b], dets, p)
-    on_blob = pk.det_g == 2
-    assert (pk.partner[pk.det_p[on_blob]] >= 0).all()
-    np.testing.assert_allclose(pk.det_share[on_blob], 1.0 if both else 0.5)
-    np.testing.assert_allclose(pk.det_share[~on_blob], 1.0)
-    assert _fd_check(pk, np.random.default_rng(2)) < 1e-5
-
-
 def test_superposed_pair_is_pinned_by_its_mass_weighted_centre() -> None:
     """The blob's centroid is the pair's mass-weighted centre: each keeps its own place."""
     dets = Detections.from_arrays(

@@ -274,15 +274,11 @@ class Mover:
     def _use(self, t: Track, sign: int) -> None:
         np.add.at(self.used, t.det[t.det >= 0], sign)
 
-    def track_diameter(self, t: Track, used: NDArray[np.int64] | None = None) -> float:
+    def track_diameter(self, t: Track) -> float:
         """Median diameter of t's own detections (not shared with a superposed partner); else
-        of its own detections before the window (online), else of all its detections.
-
-        `used` counts the tracks on each detection (default: the current solution's).
-        """
-        used = self.used if used is None else used
+        of its own detections before the window (online), else of all its detections."""
         d = t.det[t.det >= 0]
-        own = d[used[d] <= 1] if used.size else d
+        own = d[self.used[d] <= 1] if self.used.size else d
         if own.size:
             return float(np.median(self.dets.diameter_nm[own]))
         if t.id in self.size_hint:
@@ -415,18 +411,9 @@ class Mover:
         ctx -= before_ids | after_ids
         context = [c for i in sorted(ctx) if i in sol.tracks and (c := sol.tracks[i].cut(lo, hi)).n]
         diam = dict(self.diam)
-        # sizes of the new tracks from the detections they hold alone once the move is made
-        # (a blob the move shares between two tracks is no one's own size)
-        used = self.used
-        if added and used.size:
-            used = used.copy()
-            for t in before:
-                np.add.at(used, t.det[t.det >= 0], -1)
-            for t in after:
-                np.add.at(used, t.det[t.det >= 0], 1)
         for t in after:
             if t.id not in diam or t.id in added:
-                diam[t.id] = self.track_diameter(t, used)
+                diam[t.id] = self.track_diameter(t)
 
         def ends(tracks: list[Track], fus: list[Fusion]) -> float:
             return endpoint_energy(

@@ -12,8 +12,7 @@ Energy ``E = Σ_k w_k E_k`` (weights from `nptrack.config.TrackConfig`):
   ``Σ_p [λ − Σ_g c_g / (1 + ‖x_p − d_g‖²/s² + (ũ_p − v_g)²/ε_d²)]`` with ``v_g`` the
   log-intensity of detection g and ``ũ_p = u_p``, or ``log(e^u_p + e^u_q)`` while p is superposed
   with a crossing particle q on the other surface (one blob holds the mass of both; each of
-  the two then gets half of the blob's gain, so a blob is never counted twice, unless the
-  blob's size shows both particles, `_blob_share`).
+  the two then gets half of the blob's gain, so a blob is never counted twice).
 - ``E_dyn``: Brownian steps ``‖x^{t+1} − x^t‖² / (2σ²(d))``, ``σ² ∝ d^mobility_exponent``; or
   Milan's constant velocity ``‖x^{t−1} − 2x^t + x^{t+1}‖² / (2σ²)``. A fusion child's first
   step starts from the mass-weighted centre of its parents.
@@ -468,7 +467,6 @@ class Packed:
     det_p: NDArray[np.int64]  # E_det instances: point, detection row
     det_g: NDArray[np.int64]
     det_e2: NDArray[np.float64]  # ε_d² of each instance's detection
-    det_share: NDArray[np.float64]  # share of its detection's gain (1, or ½ in a shared blob)
     partner: NDArray[np.int64]  # superposed partner of each point or −1
     sup_w: NDArray[np.float64]  # its share of the pair's mass (fixed during a CG run)
     n_lambda: int  # points whose λ is counted
@@ -525,7 +523,8 @@ class Packed:
             du = ut[dp] - self.dets.log_intensity[dg]
             s2, e2 = p.detection_scale_px**2, self.det_e2
             den = 1.0 + (dx * dx).sum(1) / s2 + du * du / e2
-            c = self.dets.score[dg] * self.det_share
+            # a blob shared by two superposed particles is one detection: half the gain each
+            c = self.dets.score[dg] * np.where(has[dp], 0.5, 1.0)
             terms["detection"] -= w * float((c / den).sum())
             if grad:
                 k = w * c / den**2
@@ -676,7 +675,7 @@ class Packed:
                 du = ut - self.dets.log_intensity[dg]
                 e2 = self.det_e2
                 z = (dx * dx).sum(1) / p.detection_scale_px**2 + du * du / e2
-                c = self.dets.score[dg] * self.det_share
+                c = self.dets.score[dg] * np.where(has, 0.5, 1.0)
                 w = p.weight_detection * c / ((1.0 + z) ** 2 * e2)
                 coef = np.column_stack([sp, np.where(has, 1.0 - sp, 0.0)])
                 quad(np.column_stack([dp, partner]), coef, du, w)
@@ -852,8 +851,7 @@ def pack(
     frozen_until : int
         Points in frames ``≤ frozen_until`` are not variables.
     diameters : dict, optional
-        Track id → typical diameter (nm); when missing, the median over the detections the
-        track holds alone among `tracks` (else over all of its detections).
+        Track id → typical diameter (nm); computed from the detections when missing.
     """
     n_focus = len(tracks) if n_focus is None else n_focus
     last_frame = dets.n_frames - 1 if last_frame is None else last_frame
@@ -878,13 +876,7 @@ def pack(
         det = np.concatenate([tracks[i].det for i in need])
         grp = np.repeat(np.arange(need.size), lens[need])
         obs = det >= 0
-        # a track's size from the detections it holds alone (a blob it shares with a
-        # superposed partner measures both), else from all of them
-        uses = np.bincount(det_all[det_all >= 0], minlength=len(dets))
-        own = obs & (uses[np.maximum(det, 0)] == 1)
-        med = group_median(dets.diameter_nm[det[own]], grp[own], need.size)
-        med_all = group_median(dets.diameter_nm[det[obs]], grp[obs], need.size)
-        med = np.where(np.isnan(med), med_all, med)
+        med = group_median(dets.diameter_nm[det[obs]], grp[obs], need.size)
         fallback = float(np.median(dets.diameter_nm)) if len(dets) else 1.0
         tr_d[need] = np.where(np.isnan(med), fallback, med)
     diam_pt = tr_d[tix]
@@ -1010,7 +1002,6 @@ def pack(
         det_p=det_p,
         det_g=det_g,
         det_e2=params.intensity_tol(dets.diameter_nm[det_g]) ** 2,
-        det_share=_blob_share(det_p, det_g, partner, diam_pt, dets),
         partner=partner,
         sup_w=sup_w,
         n_lambda=_n_lambda(tracks, n_focus, dets, params, xy, t, focus_pt, det_all, tr_d),
@@ -1031,45 +1022,6 @@ def pack(
         reg=reg,
         n_fusions=n_fus,
     )
-
-
-BLOB_EVIDENCE_FRACTION = 0.25
-"""How near the summed-area level a shared blob's size must be to count as two particles:
-within this fraction of the way from that level down to the coalesced volume's."""
-
-
-def _blob_share(
-    det_p: NDArray[np.int64],
-    det_g: NDArray[np.int64],
-    partner: NDArray[np.int64],
-    diam_pt: NDArray[np.float64],
-    dets: Detections,
-) -> NDArray[np.float64]:
-    """Each E_det instance's share of its detection's gain.
-
-    A blob shared by two superposed particles is one detection: half the gain each, so that
-    hiding a particle under a neighbour costs λ a frame unless the blob's intensity needs
-    it. Where the blob's measured size says two particles, it is evidence for both and each
-    gets the whole gain: a pair that stays superposed for many frames is not charged for the
-    length of its overlap. Two particles that overlap or touch keep the sum of their areas
-    (``d² = d₁² + d₂²``, the tracks' own sizes); coalesced, they round up to the summed volume
-    (``d³ = d₁³ + d₂³``, ~10 % smaller). The blob must lie within `BLOB_EVIDENCE_FRACTION` of
-    that gap from the summed-area level: segmented sizes scatter by a few per cent, and a
-    fused particle taken for a pair would be carried as two tracks to the end. Tracks whose
-    size was measured on the shared blob itself are blob-sized, so their summed area lies
-    above any blob: they stay at half.
-    """
-    share = np.ones(det_p.size)
-    hp = np.flatnonzero(partner[det_p] >= 0)
-    if not hp.size:
-        return share
-    d1 = diam_pt[det_p[hp]]
-    d2 = diam_pt[partner[det_p[hp]]]
-    pair = 0.5 * np.log(d1 * d1 + d2 * d2)
-    fused = np.log(d1**3 + d2**3) / 3.0
-    blob = np.log(dets.diameter_nm[det_g[hp]])
-    share[hp] = np.where(blob > pair - BLOB_EVIDENCE_FRACTION * (pair - fused), 1.0, 0.5)
-    return share
 
 
 def _n_lambda(

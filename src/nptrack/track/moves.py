@@ -757,7 +757,6 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
     sol = mv.sol
     tails = [t for t in sol.tracks.values() if t.end > sol.frozen_until]
     parents = sol.parent_of()
-    heads = _heads(mv)
     for a in sorted(sol.tracks.values(), key=lambda t: t.start):
         s0 = a.start
         if mv.skip(a.id) or a.id in sol.fusions or s0 <= sol.first_frame or a.n < 3:
@@ -768,126 +767,67 @@ def gen_emerge(mv: Mover) -> Iterator[list[Move]]:
         probe = Track(-1, s0 - 1, a.xy[:1], a.u[:1], a.det[:1])
         group: list[Move] = []
         for cid in mv.neighbours([probe], mv.reach_px(da, 1) + mv.rmax):
-            c0 = sol.tracks[cid]
-            if cid == a.id or cid in mv.touched or c0.end < s0 - 1 or c0.start > s0 - 1:
+            c = sol.tracks[cid]
+            if cid == a.id or cid in mv.touched or c.end < s0 or c.start > s0 - 1:
                 continue
-            if np.hypot(*(c0.xy[s0 - 1 - c0.start] - a.xy[0])) > _touch_px(
+            if np.hypot(*(c.xy[s0 - 1 - c.start] - a.xy[0])) > _touch_px(
                 mv, da, mv.diam[cid]
             ) + mv.reach_px(da, 1):
                 continue
-            for c, host_rm, host_fus in _emerge_hosts(mv, a, c0, heads, parents):
-                group.extend(_emerge_moves(mv, a, c, host_rm, host_fus, tails, parents))
+            # where A was before the overlap: a track ending next to C, or nowhere
+            # from C's start (superposed since the first frame), or from where A'' ended
+            starts: list[tuple[int, Track | None]] = (
+                [(c.start, None)] if c.start <= sol.first_frame else []
+            )
+            for b in tails:
+                gap = s0 - b.end
+                if b.id in (a.id, cid) or b.id in mv.touched:
+                    continue
+                if b.id in parents and parents[b.id] != cid:
+                    continue  # b fused into something else
+                if not (2 <= gap and b.end + 1 >= c.start and b.end < s0 - 1):
+                    continue
+                k = b.end + 1
+                if np.hypot(*(b.xy[-1] - c.xy[k - c.start])) <= mv.reach_px(da, 1) + mv.rmax:
+                    starts.append((k, b))
+            for k, prev in starts[:4]:
+                lo, hi = k - c.start, s0 - c.start
+                if hi <= lo or _faint(mv, c, lo, hi, float(a.u[0])):
+                    continue
+                ia = np.exp(a.u[0])
+                own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
+                c2 = c.copy()
+                c2.u[lo:hi] = own
+                mid = Track(a.id, k, c.xy[lo:hi].copy(), np.full(hi - lo, a.u[0]),
+                            c.det[lo:hi].copy())  # fmt: skip
+                a2 = _join(mid, a, a.id)
+                rm: tuple[int, ...] = (a.id, cid)
+                fus: list[Fusion] = []
+                drop: tuple[int, ...] = ()
+                if prev is not None:
+                    a2 = _join(prev, a2, prev.id)
+                    a2 = Track(prev.id, a2.start, a2.xy, a2.u, a2.det)
+                    rm = (*rm, prev.id)
+                    fus = _retarget(sol.fusions.values(), a.id, prev.id)
+                    f_c = sol.fusions.get(cid)
+                    if f_c is not None and prev.id in f_c.parents:
+                        # a fusion that was a crossing: the other parent continues as C
+                        if len(f_c.parents) != 2:
+                            continue
+                        other = sol.tracks[next(q for q in f_c.parents if q != prev.id)]
+                        if other.id in mv.touched or other.id == a.id:
+                            continue
+                        c2 = _join(other, c2, other.id)
+                        fus += _retarget(sol.fusions.values(), cid, other.id)
+                        rm = (*rm, other.id)
+                        drop = (cid,)
+                drop = (*drop, *(f.child for f in fus))
+                cg = 10 if prev is not None else 0
+                group.append(
+                    Move("cross", rm, (a2, c2), drop, tuple(fus), at=(k - 1, s0), cg_iterations=cg)
+                )
         if group:
             yield group
-
-
-def _emerge_hosts(
-    mv: Mover,
-    a: Track,
-    c: Track,
-    heads: tuple[list[Track], NDArray[np.int64], NDArray[np.float64]],
-    parents: dict[int, int],
-) -> list[tuple[Track, tuple[int, ...], list[Fusion]]]:
-    """The tracks A may have been hidden under: C, when it goes on past A's start; or, when
-    C's blob ends the frame before A starts, C continued by another track B that starts then
-    next to it (two superposed particles come apart into two new tracks: one continues the
-    blob, A was under it). Each with the tracks it replaces and the fusions retargeted.
-    """
-    s0 = a.start
-    if c.end >= s0:
-        return [(c, (), [])]
-    if c.id in parents:  # the blob ended in a fusion: not two particles coming apart
-        return []
-    out: list[tuple[Track, tuple[int, ...], list[Fusion]]] = []
-    heads_l, h_t, h_xy = heads
-    if not heads_l:
-        return out
-    reach = mv.reach_px(mv.diam[c.id], 1) + 0.5 * mv.rmax
-    for j in np.flatnonzero(h_t == s0):
-        b = heads_l[j]
-        if b.id in (a.id, c.id) or b.id in mv.touched or b.n < 3:
-            continue
-        if np.hypot(*(h_xy[j] - c.xy[-1])) > reach:
-            continue
-        out.append((_join(c, b, c.id), (b.id,), _retarget(mv.sol.fusions.values(), b.id, c.id)))
-    return out
-
-
-def _emerge_moves(
-    mv: Mover,
-    a: Track,
-    c: Track,
-    host_rm: tuple[int, ...],
-    host_fus: list[Fusion],
-    tails: list[Track],
-    parents: dict[int, int],
-) -> list[Move]:
-    """`gen_emerge`'s moves for A under host C (C possibly extended, `_emerge_hosts`)."""
-    sol = mv.sol
-    s0, cid = a.start, c.id
-    da = mv.diam[a.id]
-    group: list[Move] = []
-    # where A was before the overlap: a track ending next to C, or nowhere
-    # from C's start (superposed since the first frame), or from where A'' ended
-    starts: list[tuple[int, Track | None]] = [(c.start, None)] if c.start <= sol.first_frame else []
-    for b in tails:
-        gap = s0 - b.end
-        if b.id in (a.id, cid) or b.id in mv.touched:
-            continue
-        if b.id in parents and parents[b.id] != cid:
-            continue  # b fused into something else
-        if not (2 <= gap and b.end + 1 >= c.start and b.end < s0 - 1):
-            continue
-        k = b.end + 1
-        if np.hypot(*(b.xy[-1] - c.xy[k - c.start])) <= mv.reach_px(da, 1) + mv.rmax:
-            starts.append((k, b))
-    for k, prev in starts[:4]:
-        lo, hi = k - c.start, s0 - c.start
-        if hi <= lo or _faint(mv, c, lo, hi, float(a.u[0])):
-            continue
-        ia = np.exp(a.u[0])
-        own = np.log(np.maximum(np.exp(c.u[lo:hi]) - ia, 0.2 * np.exp(c.u[lo:hi])))
-        c2 = c.copy()
-        c2.u[lo:hi] = own
-        mid = Track(a.id, k, c.xy[lo:hi].copy(), np.full(hi - lo, a.u[0]),
-                    c.det[lo:hi].copy())  # fmt: skip
-        a2 = _join(mid, a, a.id)
-        rm: tuple[int, ...] = (a.id, cid)
-        fus: list[Fusion] = list(host_fus)
-        drop: tuple[int, ...] = ()
-        if prev is not None:
-            a2 = _join(prev, a2, prev.id)
-            a2 = Track(prev.id, a2.start, a2.xy, a2.u, a2.det)
-            rm = (*rm, prev.id)
-            fus += _retarget(sol.fusions.values(), a.id, prev.id)
-            f_c = sol.fusions.get(cid)
-            if f_c is not None and prev.id in f_c.parents:
-                # a fusion that was a crossing: the other parent continues as C
-                if len(f_c.parents) != 2:
-                    continue
-                other = sol.tracks[next(q for q in f_c.parents if q != prev.id)]
-                if other.id in mv.touched or other.id == a.id:
-                    continue
-                c2 = _join(other, c2, other.id)
-                fus += _retarget(sol.fusions.values(), cid, other.id)
-                rm = (*rm, other.id)
-                drop = (cid,)
-        drop = (*drop, *(f.child for f in fus))
-        # the hidden path is a guess (at the blob's centre) when A comes out elsewhere or the
-        # blob splits into two new tracks: positions adapt first
-        cg = 10 if prev is not None or host_rm else 0
-        group.append(
-            Move(
-                "cross",
-                (*rm, *host_rm),
-                (a2, c2),
-                drop,
-                tuple(fus),
-                at=(k - 1, s0),
-                cg_iterations=cg,
-            )
-        )
-    return group
 
 
 def gen_add(mv: Mover) -> Iterator[list[Move]]:
