@@ -220,22 +220,25 @@ def bench_quality(
             "mean": means}  # fmt: skip
 
 
-def bench_unet(preset: str, seeds: list[int], frames: int | None = None) -> dict[str, Any]:
+def bench_unet(
+    preset: str, seeds: list[int], frames: int | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Frames rendered by the simulator, detected and tracked by the project's own chain.
 
     Each seed's series (`frames` of them, default the preset's) is written to a temporary
-    folder and run through `run_session` as ``nptrack track`` does (default `Config`, the
-    shipped model); the session's global and online track versions are scored against the
-    simulator's ground truth and events.
+    folder and run through `run_session` as ``nptrack track`` does (default config, the
+    shipped model, plus ``--set`` `overrides`); the session's global and online track
+    versions are scored against the simulator's ground truth and events.
     """
     import tempfile
 
-    from nptrack.config import Config
+    from nptrack.config import load_config
     from nptrack.evaluate.mot import read_events_csv, read_table_csv
     from nptrack.pipeline.session import files_source, run_session
     from nptrack.pipeline.store import SessionStore
     from nptrack.simulate.write import write_sequence
 
+    config = load_config(None, overrides)
     rows_out = []
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix="bench-track-unet-") as tmp:
@@ -243,7 +246,7 @@ def bench_unet(preset: str, seeds: list[int], frames: int | None = None) -> dict
             write_sequence(out, config=preset, frames=frames, seed=seed, progress=False,
                            cadence_s=0.0)  # fmt: skip
             t = _cpu()
-            run_session(files_source([out / "frames"]), out / "session", config=Config(),
+            run_session(files_source([out / "frames"]), out / "session", config=config,
                         command="track", background_reoptimize=False)  # fmt: skip
             took = _since(t)
             truth = read_table_csv(out / "ground_truth.csv")
@@ -273,7 +276,8 @@ def bench_unet(preset: str, seeds: list[int], frames: int | None = None) -> dict
                for k in rows_out[0] if isinstance(rows_out[0][k], float)}
         for name in dict.fromkeys(r["method"] for r in rows_out)
     }  # fmt: skip
-    return {"preset": preset, "seeds": seeds, "detector": "unet", "runs": rows_out, "mean": means}
+    return {"preset": preset, "seeds": seeds, "detector": "unet", "overrides": overrides or [],
+            "runs": rows_out, "mean": means}  # fmt: skip
 
 
 def long_series(
@@ -398,6 +402,14 @@ def main() -> None:
     ap.add_argument(
         "--profile", type=int, default=0, metavar="N", help="--final: print N profile lines"
     )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--detector unet: config override, as in nptrack (e.g. segment.model_path=M)",
+    )
     ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
     args = ap.parse_args()
     if not (args.speed or args.scaling or args.quality or args.final):
@@ -420,11 +432,11 @@ def main() -> None:
         seeds = list(range(args.seeds))
         fields = not args.no_fields
         if args.detector == "unet":
-            out["quality"] = [bench_unet("table1", seeds)]
+            out["quality"] = [bench_unet("table1", seeds, overrides=args.overrides)]
         else:
             out["quality"] = [bench_quality("table1", seeds, args.merge_factor, fields)]
         if args.dense and args.detector == "unet":
-            out["quality"].append(bench_unet("dense", seeds[:2]))
+            out["quality"].append(bench_unet("dense", seeds[:2], overrides=args.overrides))
         elif args.dense:
             out["quality"].append(bench_quality("dense", seeds[:2], args.merge_factor, fields))
     text = json.dumps(out, indent=2)
