@@ -198,6 +198,12 @@ class PipelineConfig(_Stage):
     detect_workers: int = Field(1, ge=1)
     high_water_mark: int = Field(4, ge=1)
     publish_address: str = "tcp://127.0.0.1:5557"
+    malloc_arenas: int = Field(
+        1,
+        ge=0,
+        description="glibc malloc arenas of the session process (0: glibc's default, 8 per "
+        "core); one keeps its resident memory flat over long runs",
+    )
 
 
 with warnings.catch_warnings():

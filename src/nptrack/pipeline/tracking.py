@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from nptrack.config import TrackConfig
+from nptrack.pipeline.allocator import release_freed_memory
 from nptrack.pipeline.store import SessionStore
 from nptrack.track import (
     Detections,
@@ -456,22 +457,6 @@ def stack_fields(fields: Iterable[np.ndarray | None]) -> np.ndarray | None:
     return np.stack([eye if f is None else np.asarray(f, dtype=float) for f in fields])
 
 
-def _release_freed_memory() -> None:
-    """Give heap pages freed by Python back to the OS (glibc's ``malloc_trim``; elsewhere a
-    no-op).
-
-    Each background version handed back (columns of the whole history) is freed once stored,
-    but glibc keeps the pages, so the live process's resident memory rose in steps as the
-    versions grew (README, memory over a long run).
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _lower_priority() -> None:
     """Worker-process initialiser: lower its CPU priority where the OS allows it."""
     try:
@@ -666,7 +651,7 @@ class SessionTracker:
         self._add_global(columns, events, self._future_frames - 1)
         # the future holds the result too: only with every reference gone are its pages free
         del columns, events, future
-        _release_freed_memory()
+        release_freed_memory()
 
     def _add_global(
         self, columns: Mapping[str, np.ndarray], events: list[dict[str, Any]], last: int
