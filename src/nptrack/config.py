@@ -202,7 +202,7 @@ class PipelineConfig(_Stage):
         1,
         ge=0,
         description="glibc malloc arenas of the session process (0: glibc's default, 8 per "
-        "core); one keeps its resident memory flat over long runs",
+        "core); one fragments less over long runs (README, memory over a long run)",
     )
 
 

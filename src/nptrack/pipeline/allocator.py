@@ -4,8 +4,9 @@ With glibc's default of up to 8 malloc arenas per core, the pipeline's threads (
 register, detect, track, the executor's result thread) each allocate from their own arena,
 and memory freed by another thread goes back to the arena it came from: over a long run the
 arenas fragment, and the resident memory of the session rose in steps each time a
-background track version was handed over (README, memory over a long run). One arena keeps
-it flat; the threads mostly hold the GIL while they allocate, so they seldom contend for it.
+background track version was handed over (README, memory over a long run). One arena grows
+less than half as much over 1,000 frames; the threads mostly hold the GIL while they
+allocate, so they seldom contend for it.
 """
 
 from __future__ import annotations
