@@ -204,6 +204,11 @@ class PipelineConfig(_Stage):
         description="glibc malloc arenas of the session process (0: glibc's default, 8 per "
         "core); one fragments less over long runs (README, memory over a long run)",
     )
+    numpy_hugepages: bool = Field(
+        False,
+        description="let NumPy ask for transparent huge pages (NUMPY_MADVISE_HUGEPAGE); "
+        "off, the session's memory does not rise in 2 MiB steps over long runs",
+    )
 
 
 with warnings.catch_warnings():

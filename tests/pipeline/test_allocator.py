@@ -58,8 +58,10 @@ def test_a_session_sets_the_configured_limit(
     from nptrack.pipeline import session
 
     asked: list[int] = []
+    hugepages: list[bool] = []
     monkeypatch.setattr(session, "limit_malloc_arenas", asked.append)
-    config = load_config(None, ["pipeline.malloc_arenas=2"])
+    monkeypatch.setattr(session, "numpy_hugepages", hugepages.append)
+    config = load_config(None, ["pipeline.malloc_arenas=2", "pipeline.numpy_hugepages=true"])
     session.run_session(
         lambda deliver, stop: None,  # a source with no frames
         tmp_path / "session",
@@ -70,3 +72,15 @@ def test_a_session_sets_the_configured_limit(
         make_detector=lambda: lambda frame, meta: {},
     )
     assert asked == [2]
+    assert hugepages == [True]
+
+
+def test_numpy_hugepages_switch_reports_the_previous_setting() -> None:
+    before = allocator.numpy_hugepages(False)
+    if before is None:
+        pytest.skip("this NumPy has no huge-page switch")
+    try:
+        assert allocator.numpy_hugepages(True) is False
+        assert allocator.numpy_hugepages(True) is True
+    finally:
+        allocator.numpy_hugepages(before)

@@ -24,7 +24,7 @@ import numpy as np
 
 from nptrack.config import Config
 from nptrack.frames import Frame
-from nptrack.pipeline.allocator import limit_malloc_arenas
+from nptrack.pipeline.allocator import limit_malloc_arenas, numpy_hugepages
 from nptrack.pipeline.export import export_session
 from nptrack.pipeline.messages import Message
 from nptrack.pipeline.publish import Publisher
@@ -356,6 +356,7 @@ def run_session(
     session_dir = Path(session_dir)
     # before the stage threads start: they would each take an arena of their own
     limit_malloc_arenas(config.pipeline.malloc_arenas)
+    numpy_hugepages(config.pipeline.numpy_hugepages)
     say = on_status or (lambda msg: log.info(msg))
     store = SessionStore(session_dir)
     publisher = Publisher.open(publish_address, notify=say) if publish_address else None
