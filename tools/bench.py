@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from nptrack.config import load_config
+from nptrack.config import add_override_argument, load_config
 from nptrack.frames import Frame
 from nptrack.io.read import read_frames
 from nptrack.pipeline.session import run_session
@@ -260,14 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--measure", action="store_true", help="time the measurement stage alone")
     ap.add_argument("--repeats", type=int, default=5, help="runs per --measure timing")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. segment.intra_op_threads=1 (repeatable)",
-    )
+    add_override_argument(ap, help="config override, e.g. segment.intra_op_threads=1 (repeatable)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     config = load_config(None, [f"pipeline.detect_workers={args.workers}", *args.overrides])

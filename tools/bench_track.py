@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from tests.track import detections_from_truth  # noqa: E402
 
-from nptrack.config import TrackConfig  # noqa: E402
+from nptrack.config import TrackConfig, add_override_argument  # noqa: E402
 from nptrack.evaluate.mot import evaluate  # noqa: E402
 from nptrack.simulate.dynamics import (  # noqa: E402
     DynamicsConfig,
@@ -402,13 +402,8 @@ def main() -> None:
     ap.add_argument(
         "--profile", type=int, default=0, metavar="N", help="--final: print N profile lines"
     )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="--detector unet: config override, as in nptrack (e.g. segment.model_path=M)",
+    add_override_argument(
+        ap, help="--detector unet: config override, as in nptrack (e.g. segment.model_path=M)"
     )
     ap.add_argument("--out", type=Path, help="write the JSON here (else stdout)")
     args = ap.parse_args()

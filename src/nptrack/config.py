@@ -6,6 +6,7 @@ and the file instead of a silently ignored setting. Units are part of field name
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -245,6 +246,14 @@ def _parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def add_override_argument(parser: argparse.ArgumentParser, *, help: str) -> None:
+    """The tools' repeatable ``--set KEY=VALUE`` option, collected in ``args.overrides``
+    (for `load_config`)."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
