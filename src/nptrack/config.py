@@ -208,7 +208,7 @@ class PipelineConfig(_Stage):
     numpy_hugepages: bool = Field(
         False,
         description="let NumPy ask for transparent huge pages (NUMPY_MADVISE_HUGEPAGE); "
-        "off, the session's memory does not rise in 2 MiB steps over long runs",
+        "off, fewer steps in the session's memory over long runs (README)",
     )
 
 

@@ -8,10 +8,10 @@ background track version was handed over (README, memory over a long run). One a
 less than half as much over 1,000 frames; the threads mostly hold the GIL while they
 allocate, so they seldom contend for it.
 
-NumPy asks Linux for transparent huge pages on its large arrays (``madvise``); in the
-session's heap that makes every small rise of the heap's top resident 2 MiB at a time, so
-the remaining growth came in 2 MiB steps. Without them the second half of a 1,000-frame
-run sits at the level of its first half (README).
+NumPy asks Linux for transparent huge pages on its large arrays (``madvise``); the
+remaining growth came in steps of exactly that size, 2 MiB. Without them the second half
+of a 1,000-frame run sat at the level of its first half by the medians of its samples,
+though one run still had a late 4.2 MiB step (README).
 """
 
 from __future__ import annotations
