@@ -210,6 +210,12 @@ class PipelineConfig(_Stage):
         description="let NumPy ask for transparent huge pages (NUMPY_MADVISE_HUGEPAGE); "
         "off, fewer steps in the session's memory over long runs (README)",
     )
+    register_after_model: bool = Field(
+        True,
+        description="with one local detect worker, a frame's registration waits for its U-Net "
+        "to have run and runs beside the measurement, instead of competing with the U-Net for "
+        "the cores (README, speed)",
+    )
 
 
 with warnings.catch_warnings():

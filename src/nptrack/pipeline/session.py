@@ -26,6 +26,7 @@ from nptrack.config import Config
 from nptrack.frames import Frame
 from nptrack.pipeline.allocator import limit_malloc_arenas, numpy_hugepages
 from nptrack.pipeline.export import export_session
+from nptrack.pipeline.gate import GatedSegmenter, ModelGate
 from nptrack.pipeline.messages import Message
 from nptrack.pipeline.publish import Publisher
 from nptrack.pipeline.run import RunSummary, Source, Steps, run_pipeline
@@ -76,9 +77,13 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def make_register_step(
-    config: Config, session_dir: Path, store: SessionStore
+    config: Config, session_dir: Path, store: SessionStore, *, gate: ModelGate | None = None
 ) -> Callable[[Frame], tuple[np.ndarray, float, str]]:
-    """The register step: a `Registrar` anchored on frame 0, resumed from the store."""
+    """The register step: a `Registrar` anchored on frame 0, resumed from the store.
+
+    With a `gate`, each frame's registration waits for that frame's U-Net to have run
+    (`nptrack.pipeline.gate`).
+    """
     from nptrack.register import Registrar
 
     anchor_path = session_dir / ANCHOR_FILE
@@ -100,6 +105,8 @@ def make_register_step(
         registrar = Registrar(config=config.register)
 
     def register(frame: Frame) -> tuple[np.ndarray, float, str]:
+        if gate is not None:
+            gate.wait_turn()
         if frame.index == 0:
             _save_atomic(anchor_path, frame.data)  # before frame 0 can be stored
         result = registrar.update(frame.data)
@@ -109,9 +116,12 @@ def make_register_step(
 
 
 def make_detector_factory(
-    config: Config, *, root: Path | None = None
+    config: Config, *, root: Path | None = None, gate: ModelGate | None = None
 ) -> Callable[[], Callable[[np.ndarray, Any], dict[str, np.ndarray]]]:
-    """``make() -> detect``: one U-Net session per worker, then measurement of the particles."""
+    """``make() -> detect``: one U-Net session per worker, then measurement of the particles.
+
+    With a `gate` (one worker only), the U-Net runs are counted for the register step.
+    """
     from nptrack.measure import centre_in_field
     from nptrack.measure.analyze import analyze_frame, find_model
     from nptrack.segment.infer import Segmenter
@@ -124,6 +134,8 @@ def make_detector_factory(
 
     def make() -> Callable[[np.ndarray, Any], dict[str, np.ndarray]]:
         segmenter = Segmenter.from_config(seg_cfg)
+        if gate is not None:
+            segmenter = GatedSegmenter(segmenter, gate)
 
         def detect(image: np.ndarray, pixel_size_nm: Any) -> dict[str, np.ndarray]:
             px = None if not pixel_size_nm else (float(pixel_size_nm[0]), float(pixel_size_nm[1]))
@@ -373,9 +385,19 @@ def run_session(
                 Message("tracks", {"version": v, "version_kind": kind})
             )
             tracker.on_commit = lambda rows, events: publisher.send(commit_message(rows, events))
+        n_workers = config.pipeline.detect_workers if workers is None else workers
+        # One local U-Net worker: its frame's registration waits for it (`pipeline.gate`).
+        gate = (
+            ModelGate()
+            if config.pipeline.register_after_model
+            and make_detector is None
+            and n_workers == 1
+            and detect_addresses is None
+            else None
+        )
         steps = Steps(
-            register=make_register_step(config, session_dir, store),
-            make_detector=make_detector or make_detector_factory(config),
+            register=make_register_step(config, session_dir, store, gate=gate),
+            make_detector=make_detector or make_detector_factory(config, gate=gate),
             tracker=tracker,
         )
         try:
@@ -383,7 +405,7 @@ def run_session(
                 calibrated(source, pixel_size_nm),
                 steps,
                 store,
-                workers=config.pipeline.detect_workers if workers is None else workers,
+                workers=n_workers,
                 detect_addresses=detect_addresses,
                 hwm=config.pipeline.high_water_mark,
                 first_index=resumed,
