@@ -92,6 +92,12 @@ class SegmentConfig(_Stage):
     resample_to_model: bool = Field(True, description="rescale to the model's pixel size")
     contrast: Literal["auto", "bright", "dark"] = "auto"
     intra_op_threads: int | None = Field(None, ge=1, description="None: ONNX Runtime decides")
+    intra_op_spinning: bool = Field(
+        False,
+        description="ONNX Runtime's threads spin-wait for work between operators "
+        "(session.intra_op.allow_spinning); off, they leave the cores to the measurement and "
+        "registration beside them (README, speed)",
+    )
     tile_batch: int = Field(2, ge=1, description="tiles per inference run")
     expected_diameter_px: float | None = Field(
         None, gt=0, description="particle size when the pixel size is unknown; None: estimated"

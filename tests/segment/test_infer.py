@@ -106,6 +106,23 @@ def test_auto_falls_back_to_cpu_and_says_so(
         Segmenter.from_path(model_path, providers="cuda")
 
 
+def test_thread_spinning_is_set_as_configured(model_path: Path) -> None:
+    from nptrack.config import load_config
+
+    key = "session.intra_op.allow_spinning"
+
+    def spinning(on: bool) -> str:
+        session = infer.open_session(model_path, intra_op_spinning=on)
+        return session.get_session_options().get_session_config_entry(key)
+
+    assert spinning(False) == "0"
+    assert spinning(True) == "1"
+    # the configured default: off
+    cfg = load_config(None, [f"segment.model_path={model_path}", "segment.int8_on_cpu=false"])
+    seg = Segmenter.from_config(cfg.segment)
+    assert seg.session.get_session_options().get_session_config_entry(key) == "0"
+
+
 def _save_graph(path: Path, shape: list[int | str], meta: dict[str, str] | None = None) -> Path:
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)

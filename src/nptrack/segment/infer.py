@@ -197,6 +197,7 @@ class Segmenter:
         *,
         providers: str | Sequence[str] = "auto",
         intra_op_threads: int | None = None,
+        intra_op_spinning: bool | None = None,
         **options: Any,
     ) -> Segmenter:
         """Open a model file.
@@ -210,6 +211,9 @@ class Segmenter:
             ``"cuda"`` raises :class:`ModelFileError` if CUDA cannot be used.
         intra_op_threads : int, optional
             Threads of one operator (ONNX Runtime's default, all cores, when None).
+        intra_op_spinning : bool, optional
+            Whether those threads spin-wait for work between operators (ONNX Runtime's
+            ``session.intra_op.allow_spinning``; its default, on, when None).
         **options
             Keyword options of :class:`Segmenter` (``tile_px``, ``tile_overlap_px``, ...).
 
@@ -219,7 +223,12 @@ class Segmenter:
             Missing file, not ONNX, no nptrack metadata, wrong input rank.
         """
         path = Path(path)
-        session = open_session(path, providers=providers, intra_op_threads=intra_op_threads)
+        session = open_session(
+            path,
+            providers=providers,
+            intra_op_threads=intra_op_threads,
+            intra_op_spinning=intra_op_spinning,
+        )
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs[0].shape) != 4:
             ranks = [len(i.shape) for i in inputs]
@@ -249,6 +258,7 @@ class Segmenter:
             path,
             providers=config.providers,
             intra_op_threads=config.intra_op_threads,
+            intra_op_spinning=getattr(config, "intra_op_spinning", None),
             threshold=config.threshold,
             tile_px=config.tile_px,
             tile_overlap_px=config.tile_overlap_px,
@@ -453,13 +463,18 @@ def int8_copy(path: str | Path) -> Path | None:
 
 # -- helpers (pure numpy / OpenCV) ------------------------------------------------------------
 def open_session(
-    path: Path, *, providers: str | Sequence[str] = "auto", intra_op_threads: int | None = None
+    path: Path,
+    *,
+    providers: str | Sequence[str] = "auto",
+    intra_op_threads: int | None = None,
+    intra_op_spinning: bool | None = None,
 ) -> Any:
     """One ONNX Runtime session of a model file, on the providers really available.
 
     ``providers="auto"`` falls back to CPU and logs why; ``"cuda"`` raises
     :class:`ModelFileError` if CUDA cannot be used. A missing or unreadable file raises
-    :class:`ModelFileError` with one line.
+    :class:`ModelFileError` with one line. `intra_op_spinning` None keeps ONNX Runtime's
+    default (its threads spin-wait for work between operators).
     """
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
@@ -467,6 +482,10 @@ def open_session(
     so = ort.SessionOptions()
     if intra_op_threads:
         so.intra_op_num_threads = int(intra_op_threads)
+    if intra_op_spinning is not None:
+        so.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if intra_op_spinning else "0"
+        )
     # Keep ORT quiet while it tries CUDA; we report the outcome ourselves below.
     ort.set_default_logger_severity(4 if _CUDA in chosen else 2)
     try:
