@@ -7,7 +7,10 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
 
 - latency: frames delivered at a cadence slower than the pipeline (no queueing): time from
   "file complete" (handed over by the source) to "frame stored and tracked" (its detections
-  committed and fed to the online tracker), p50 / p95;
+  committed and fed to the online tracker), p50 / p95; the cadence is 1.5 / the throughput
+  measured just before unless ``--cadence S`` fixes it (to compare two settings at the same
+  cadence), and ``--latency-runs N`` repeats the run (single runs spread by ±0.03–0.05 s on
+  a shared machine) and adds each run's p50 / p95 and their medians (``latency_runs``);
 - throughput: frames delivered as fast as the pipeline takes them (back-pressure), frames/s;
 - memory: resident set size every 25 frames over a long run (``--long N``; a few rendered
   frames, ``--long-rendered``, played forward and back, 0 1 .. 5 4 .. 0 1 .., so that the
@@ -27,6 +30,7 @@ U-Net, measurement, online NP-Tracker, SQLite store) the way the folder watcher 
   particle.
 
     python tools/bench.py --sizes 1024 2048 --frames 12 --out bench.json
+    python tools/bench.py --sizes 1024 --frames 12 --cadence 0.8 --latency-runs 5
     python tools/bench.py --sizes 1024 --frames 0 --long 1000 --out bench_memory.json
     python tools/bench.py --sizes 1024 2048 --frames 0 --measure --out bench_measure.json
     python tools/bench.py --sizes 1024 --frames 16 --stand-in-detect 0.2
@@ -252,6 +256,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workers", type=int, default=1, help="detect workers")
     ap.add_argument(
+        "--cadence",
+        type=float,
+        default=None,
+        metavar="S",
+        help="latency runs: a frame every S seconds (default: 1.5 / the throughput measured "
+        "just before, which gives a faster pipeline a faster cadence)",
+    )
+    ap.add_argument(
+        "--latency-runs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="latency runs per size; with N > 1 also each run's p50 / p95 and their medians",
+    )
+    ap.add_argument(
         "--stand-in-detect",
         type=float,
         default=None,
@@ -276,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {},
         "stand_in_detect_s": args.stand_in_detect,
     }
+    if args.latency_runs < 1 or (args.cadence is not None and args.cadence <= 0):
+        ap.error("--latency-runs must be at least 1 and --cadence above 0")
     kw: dict[str, Any] = {"background": False}
     if args.stand_in_detect is not None:
         kw["make_detector"] = sleeping_detector(args.stand_in_detect)
@@ -284,9 +305,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"simulating {size}² frames ...", file=sys.stderr)
             frames = make_series(Path(tmp) / str(size), size, min(args.frames, 6))
             through = run(frames, args.frames, 0.0, config, **kw)
-            cadence = round(1.5 / through["frames_per_s"], 3)
-            latency = run(frames, args.frames, cadence, config, **kw)
-            result["sizes"][f"{size}x{size}"] = {"throughput": through, "latency": latency}
+            cadence = args.cadence or round(1.5 / through["frames_per_s"], 3)
+            runs = [
+                run(frames, args.frames, cadence, config, **kw) for _ in range(args.latency_runs)
+            ]
+            entry: dict[str, Any] = {"throughput": through, "latency": runs[0]}
+            if len(runs) > 1:
+                p50s, p95s = ([r[k] for r in runs] for k in ("latency_p50_s", "latency_p95_s"))
+                entry["latency_runs"] = {
+                    "p50_s": p50s,
+                    "p95_s": p95s,
+                    "median_p50_s": round(float(np.median(p50s)), 3),
+                    "median_p95_s": round(float(np.median(p95s)), 3),
+                }
+            result["sizes"][f"{size}x{size}"] = entry
             print(json.dumps({size: result["sizes"][f"{size}x{size}"]}), file=sys.stderr)
         for size in args.sizes if args.measure else []:
             print(f"measurement of a {size}² frame ...", file=sys.stderr)

@@ -34,3 +34,20 @@ def test_stand_in_detector_sleeps_and_finds_nothing() -> None:
     t0 = time.perf_counter()
     assert detect(np.zeros((8, 8), np.float32), None) == {}
     assert time.perf_counter() - t0 >= 0.05
+
+
+def test_fixed_cadence_and_repeated_latency_runs(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "bench.json"
+    argv = ["--sizes", "128", "--frames", "3", "--stand-in-detect", "0.01", "--cadence", "0.05"]
+    assert bench.main([*argv, "--latency-runs", "2", "--out", str(out)]) == 0
+    size = json.loads(out.read_text())["sizes"]["128x128"]
+    assert size["latency"]["cadence_s"] == 0.05  # not 1.5 / the throughput
+    assert size["latency"]["frames"] == 3
+    runs = size["latency_runs"]
+    assert len(runs["p50_s"]) == len(runs["p95_s"]) == 2
+    assert runs["p50_s"][0] == size["latency"]["latency_p50_s"]
+    assert min(runs["p50_s"]) <= runs["median_p50_s"] <= max(runs["p50_s"])
+    with pytest.raises(SystemExit):
+        bench.main([*argv, "--latency-runs", "0"])
