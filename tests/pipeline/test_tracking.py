@@ -300,3 +300,38 @@ def test_final_pass_and_reoptimize_report_progress(
     assert any(s.startswith("replaying the online tracker: frame 10 of 10; ") for s in lines)
     assert any(s.startswith(f"{what}, start 2 of 2 (online tracks): ") for s in lines)
     assert lines[-1].startswith(f"{what} took ")
+
+
+def test_a_long_session_lets_old_sizes_go(long_truth, tmp_path: Path) -> None:
+    """Over a long session the tracker keeps the diameters and the live tracks' detection
+    rows of its last `history_frames` only (memory flat), and commits what it did before."""
+    from operator import itemgetter
+
+    cfg = TrackConfig()
+    frames = _frames(long_truth)
+    history = 12
+    committed: dict[int, list[dict[str, Any]]] = {}
+    for h in (history, 500):
+        with SessionStore(tmp_path / str(h)) as store:
+            tracker = SessionTracker(store, cfg, pixel_size_nm=PIXEL_NM, frame_shape=(256, 256),
+                                     background=False)  # fmt: skip
+            online = tracker.online
+            online.history_frames = h
+            for k, dets in enumerate(frames):
+                _feed(store, tracker, k, dets)
+            committed[h] = sorted(
+                store.tracks(tracker.version), key=itemgetter("track_id", "frame")
+            )
+            if h == history:
+                diam = online._diameters
+                per_frame = np.diff(online._offsets)
+                first_held = online._offsets.index(online._row0)
+                # the diameters of the frames from first_held - history on, no older ones
+                assert diam.first == online._offsets[first_held - history] > 0
+                assert diam.end - diam.first == per_frame[first_held - history :].sum()
+                with pytest.raises(IndexError, match="let go"):
+                    diam[[diam.first - 1]]
+                heads = online._head_det
+                assert heads and all(len(d) <= history for d in heads.values())
+                assert min(online._head_from.values()) == first_held - history
+    assert committed[history] == committed[500]

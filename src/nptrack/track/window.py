@@ -18,8 +18,10 @@ keeps the full rows of the last frames only (those the window, the commit and th
 read) and each detection's diameter (the history a track's size may be looked up in). An
 ``archive`` mapping given by the caller may keep the tracks that ended elsewhere, and a
 `TrackParts` the older parts of the tracks still alive (a live session keeps both in its
-store); what stays in memory per detection is then its diameter and, while its track lives,
-its row number (for the sizes-apart test of the moves, `moves.sizes_apart`).
+store); what stays in memory of the older frames is then, for the last `history_frames`
+before those held in full, each detection's diameter and the detection rows of the live
+tracks (for the sizes-apart test of the moves, `moves.sizes_apart`, and a track's typical
+diameter): the memory of a long session does not grow with its length.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class _History(Mapping[int, Track]):
         det = np.concatenate([head.astype(np.int64), tr.det])
         return Track(
             tid,
-            tk._born[tid],
+            tk._head_from[tid],
             np.broadcast_to(np.zeros(2), (det.size, 2)),
             np.broadcast_to(np.zeros(1), (det.size,)),
             det,
@@ -139,6 +141,44 @@ class _OwnSizes(Mapping[int, float]):
         return len(self._hist)
 
 
+HISTORY_FRAMES = 500
+"""``keep_history=False`` with `TrackParts`: frames before those held in full in which the
+sizes of live tracks are still looked up."""
+
+
+class _RowValues:
+    """One value per detection row (rows numbered over the whole series); the rows before
+    `first` can be let go."""
+
+    def __init__(self) -> None:
+        self._a = np.zeros(1024)
+        self.first = 0  # row of self._a[0]
+        self.end = 0  # one past the last row put
+
+    def put(self, row: int, values: np.ndarray) -> None:
+        """Values of rows `row` … `row` + n − 1 (the next rows)."""
+        i, n = row - self.first, values.size
+        if i + n > self._a.size:  # geometric growth: amortised constant cost per row
+            self._a = np.concatenate([self._a, np.zeros(max(i + n, self._a.size))])
+        self._a[i : i + n] = values
+        self.end = max(self.end, row + n)
+
+    def drop_before(self, row: int) -> None:
+        """Let go the values of the rows before `row`."""
+        k = min(row, self.end) - self.first
+        if k <= 0:
+            return
+        used = self.end - self.first
+        self._a[: used - k] = self._a[k:used]
+        self.first += k
+
+    def __getitem__(self, rows: ArrayLike) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and int(rows.min()) < self.first:
+            raise IndexError(f"detection row {int(rows.min())} was let go (history_frames)")
+        return self._a[rows - self.first]
+
+
 class OnlineTracker:
     """Sliding-window tracker; feed frames in order with `update`, then call `finish`.
 
@@ -162,6 +202,12 @@ class OnlineTracker:
     parts : TrackParts, optional
         With ``keep_history=False``: where the parts of live tracks before the frames still
         held go (default: they stay in memory). `solution` joins them back.
+    history_frames : int
+        With ``keep_history=False`` and `parts`: how many frames before those held in full
+        the diameters of detections and the detection rows of live tracks are kept. The
+        sizes-apart test of a merge or fusion (two tracks in one blob) and a track's typical
+        diameter look no further back; the commits are those of ``keep_history=True`` as
+        long as they need not (two particles hidden in one blob for longer).
     """
 
     def __init__(
@@ -174,6 +220,7 @@ class OnlineTracker:
         keep_history: bool = True,
         archive: MutableMapping[int, Track] | None = None,
         parts: TrackParts | None = None,
+        history_frames: int = HISTORY_FRAMES,
     ) -> None:
         self.cfg = config or TrackConfig()
         self.W, self.L = self.cfg.window_frames, self.cfg.commit_lag_frames
@@ -188,7 +235,8 @@ class OnlineTracker:
         self._buf = np.zeros((1024, 6))
         self._row0 = 0
         self._keep_frames = self.W + 2 * self.L + 2
-        self._diameters = np.zeros(1024)  # every detection's diameter, by row
+        self._diameters = _RowValues()  # each detection's diameter, by row
+        self.history_frames = int(history_frames)
         self._offsets = [0]  # first row of each frame
         self._field_buf = np.zeros((64, 2, 3))  # each frame's field (where given)
         self._field_given = np.zeros(64, dtype=bool)
@@ -208,6 +256,7 @@ class OnlineTracker:
         self._parts = parts
         self._born: dict[int, int] = {}
         self._head_det: dict[int, np.ndarray] = {}
+        self._head_from: dict[int, int] = {}  # first frame of each `_head_det`
         self._history = _History(self)
         self.t = -1
         self.committed_until = -1
@@ -287,11 +336,7 @@ class OnlineTracker:
                 np.arange(base, base + n) if det_id is None else np.asarray(det_id).ravel(),
             ]
         )
-        if base + n > len(self._diameters):
-            self._diameters = np.concatenate(
-                [self._diameters, np.zeros(max(base + n, len(self._diameters)))]
-            )
-        self._diameters[base : base + n] = self._buf[lo : lo + n, 2]
+        self._diameters.put(base, self._buf[lo : lo + n, 2])
         self._offsets.append(base + n)
         if t >= len(self._field_given):
             self._field_buf = np.concatenate([self._field_buf, np.zeros_like(self._field_buf)])
@@ -333,10 +378,18 @@ class OnlineTracker:
             head = tr.cut(tr.start, f - 1)
             self._parts.put(tid, head)
             self._born.setdefault(tid, tr.start)
+            self._head_from.setdefault(tid, tr.start)
             det = head.det.astype(np.int32)
             old = self._head_det.get(tid)
             self._head_det[tid] = det if old is None else np.concatenate([old, det])
             self.sol.tracks[tid] = tr.cut(f, tr.end)
+        # Sizes are looked up `history_frames` back at most: older rows are let go.
+        start = f - self.history_frames
+        for tid, since in self._head_from.items():
+            if since < start:
+                self._head_det[tid] = self._head_det[tid][start - since :].copy()
+                self._head_from[tid] = start
+        self._diameters.drop_before(self._offsets[max(start, 0)])
 
     def _whole(self, tid: int, tr: Track) -> Track:
         """Track `tid` over its whole life (`tr`: the part in memory)."""
@@ -671,6 +724,7 @@ class OnlineTracker:
             self._own_size.drop(i)
             self._born.pop(i, None)
             self._head_det.pop(i, None)
+            self._head_from.pop(i, None)
         for c in [c for c in sol.fusions if c in self._archive]:
             self._archive_fusions[c] = sol.fusions.pop(c)
 
