@@ -16,10 +16,11 @@ online tracker is deterministic, so the replayed commits equal those of the cras
 Memory: the history is the store's, not the process's. A frame is stored before it is
 tracked; the global re-optimisation reads the detections and fields of frames 0..t from the
 store (`stored_history`) in its worker process, and hands back its result as columns; the
-online tracker keeps only its window's rows and each detection's diameter
-(``keep_history=False``), and its finished tracks and the old parts of its live tracks go to
-the store (`StoredTracks`). What the process keeps per detection is its diameter and, while
-its track lives, its row number (12 bytes), not the detection and its track point.
+online tracker keeps only its window's rows (``keep_history=False``), and its finished
+tracks and the old parts of its live tracks go to the store (`StoredTracks`). Of the older
+frames the process keeps, for the last `window.HISTORY_FRAMES` only, each detection's
+diameter and the live tracks' detection rows (12 bytes a detection): nothing that grows with
+the length of the session.
 """
 
 from __future__ import annotations
