@@ -66,6 +66,10 @@ def test_online_commits_background_and_final_versions(truth, tmp_path: Path) -> 
         assert tracker.global_versions, "a background re-optimisation was stored"
         background = store.versions()[-1]
         assert background["kind"] == "global" and background["last_frame"] in (5, 11)
+        # stored by the worker process itself; the session learns its number only
+        assert tracker.global_versions[-1] == background["version"]
+        bg_rows = store.tracks(background["version"])
+        assert {r["frame"] for r in bg_rows} == set(range(background["last_frame"] + 1))
         # Online: frame t − L committed at frame t, never changed afterwards.
         online = store.tracks(tracker.version)
         assert {r["frame"] for r in online} == set(range(12 - cfg.commit_lag_frames))

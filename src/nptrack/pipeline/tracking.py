@@ -265,6 +265,15 @@ def _global_from_store(
     )
 
 
+def _store_global_from_store(session_dir: str, n_frames: int, **kwargs: Any) -> int:
+    """`_global_from_store`, its result stored as a global version by the worker itself; the
+    version number. The session process never holds the columns of the whole history (they
+    grow with the session), so its memory does not either."""
+    columns, events = _global_from_store(session_dir, n_frames, **kwargs)
+    with SessionStore(session_dir) as store:
+        return store.add_track_columns(columns, events, kind="global", last_frame=n_frames - 1)
+
+
 def stored_start(store: SessionStore, live: Solution, *, until: int) -> Solution:
     """The online solution as of frame `until` (`OnlineTracker.solution`) from its live
     part (`OnlineTracker.live_solution` then) and the tracks and parts stored until then."""
@@ -626,9 +635,10 @@ class SessionTracker:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_lower_priority,
             )
-        # The worker reads the history from the store; it is given the live tracks only.
+        # The worker reads the history from the store and stores its version there; it is
+        # given the live tracks only.
         self._future = self._pool.submit(
-            _global_from_store,
+            _store_global_from_store,
             str(Path(self.store.dir)),
             self._n_frames,
             pixel_size_nm=self.pixel_size_nm,
@@ -645,24 +655,26 @@ class SessionTracker:
             return
         future, self._future = self._future, None
         try:
-            columns, events = future.result()
+            version = future.result()
         except Exception as exc:  # a failed re-optimisation must not stop the session
             log.warning("background global re-optimisation failed: %s", exc)
             return
-        self._add_global(columns, events, self._future_frames - 1)
-        # the future holds the result too: only with every reference gone are its pages free
-        del columns, events, future
-        release_freed_memory()
+        self._announce(version, self._future_frames - 1)
+        del future
+        release_freed_memory()  # pages the frames since the last version freed
 
     def _add_global(
         self, columns: Mapping[str, np.ndarray], events: list[dict[str, Any]], last: int
     ) -> int:
         version = self.store.add_track_columns(columns, events, kind="global", last_frame=last)
+        self._announce(version, last)
+        return version
+
+    def _announce(self, version: int, last: int) -> None:
         self.global_versions.append(version)
         log.info("track version %d: global re-optimisation of frames 0-%d", version, last)
         if self.on_version is not None:
             self.on_version(version, "global")
-        return version
 
     def wait_background(self) -> None:
         """Wait for a running background re-optimisation and store its version."""
