@@ -15,7 +15,7 @@ online tracker is deterministic, so the replayed commits equal those of the cras
 
 Memory: the history is the store's, not the process's. A frame is stored before it is
 tracked; the global re-optimisation reads the detections and fields of frames 0..t from the
-store (`stored_history`) in its worker process, and hands back its result as columns; the
+store (`stored_history`) in its worker process and stores its version there itself; the
 online tracker keeps only its window's rows (``keep_history=False``), and its finished
 tracks and the old parts of its live tracks go to the store (`StoredTracks`). Of the older
 frames the process keeps, for the last `window.HISTORY_FRAMES` only, each detection's
