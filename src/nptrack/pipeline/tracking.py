@@ -697,7 +697,8 @@ class SessionTracker:
         return version
 
     def close(self) -> None:
-        """Stop a background re-optimisation that is still running (no result stored)."""
+        """Stop a background re-optimisation that is still running (its version is not stored:
+        the worker stores it in one transaction, whole or not at all)."""
         self._future = None
         if self._pool is not None:
             # A running CEM cannot be interrupted; end its process so exit does not wait.
