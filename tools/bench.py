@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     add_override_argument(ap, help="config override, e.g. segment.intra_op_threads=1 (repeatable)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.latency_runs < 1 or (args.cadence is not None and args.cadence <= 0):
+        ap.error("--latency-runs must be at least 1 and --cadence above 0")
     config = load_config(None, [f"pipeline.detect_workers={args.workers}", *args.overrides])
     result: dict[str, Any] = {
         "tool": "tools/bench.py",
@@ -295,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {},
         "stand_in_detect_s": args.stand_in_detect,
     }
-    if args.latency_runs < 1 or (args.cadence is not None and args.cadence <= 0):
-        ap.error("--latency-runs must be at least 1 and --cadence above 0")
     kw: dict[str, Any] = {"background": False}
     if args.stand_in_detect is not None:
         kw["make_detector"] = sleeping_detector(args.stand_in_detect)

@@ -67,12 +67,6 @@ def test_a_time_out_resynchronises_the_turns() -> None:
     assert gate.wait_turn() is True
 
 
-def test_a_set_stop_ends_the_wait() -> None:
-    gate, stop = ModelGate(timeout_s=30.0), threading.Event()
-    stop.set()
-    assert gate.wait_turn(stop) is False
-
-
 class _Segmenter:
     threshold = 0.4
 
@@ -96,8 +90,8 @@ class _RecordingGate(ModelGate):
         self.turns: list[tuple[bool, int]] = []  # (outcome, model runs begun then)
         _RecordingGate.made.append(self)
 
-    def wait_turn(self, stop: threading.Event | None = None) -> bool:
-        ok = super().wait_turn(stop)
+    def wait_turn(self) -> bool:
+        ok = super().wait_turn()
         self.turns.append((ok, self.started))
         return ok
 

@@ -16,14 +16,11 @@ behind, costs one time-out, not one per frame).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["GatedSegmenter", "ModelGate"]
-
-_STOP_POLL_S = 0.1  # how often a wait looks at its stop event
 
 
 class ModelGate:
@@ -61,25 +58,24 @@ class ModelGate:
                 self._running -= 1
                 self._cond.notify_all()
 
-    def wait_turn(self, stop: threading.Event | None = None) -> bool:
+    def wait_turn(self) -> bool:
         """Wait for the model run of the next frame to have begun and ended.
 
         Call once per frame, after the frame went to the detect worker. Returns False when
-        the wait timed out (or `stop` was set); the frame's turn is then taken as given, and
-        the count of turns is set back to the model runs begun.
+        the wait timed out; the frame's turn is then taken as given, and the count of turns
+        is set back to the model runs begun.
         """
-        deadline = time.monotonic() + self.timeout_s
         with self._cond:
             self._turns += 1
             turn = self._turns
             # one worker runs its frames in order: a later run begun means this one ended
-            while not (self._started > turn or (self._started == turn and not self._running)):
-                left = deadline - time.monotonic()
-                if left <= 0 or (stop is not None and stop.is_set()):
-                    self._turns = self._started
-                    return False
-                self._cond.wait(min(left, _STOP_POLL_S))
-            return True
+            if self._cond.wait_for(
+                lambda: self._started > turn or (self._started == turn and not self._running),
+                timeout=self.timeout_s,
+            ):
+                return True
+            self._turns = self._started
+            return False
 
 
 class GatedSegmenter:
