@@ -13,10 +13,13 @@ Two sets, both fixed, nothing tuned per image:
   are the product's own: `nptrack.measure.detect_particles` on the probability map (threshold
   of the model, speckle removal, polarity cut, watershed split, measurement), with the
   frame's contrast. Detection F1 for particles ≥ 1.5 nm: a detection matches a true particle
-  when its centre lies within half the true diameter (one-to-one, Hungarian); detections
-  matched to smaller true particles are not counted, and neither are unmatched detections
-  that measure < 1.5 nm (outside the size class, as COCO ignores unmatched detections
-  outside an area range). ``detection_f1_all`` counts every unmatched detection as an
+  when its centre lies within half the true diameter (one-to-one, Hungarian, against every
+  true particle with a pixel in the frame); detections matched to smaller true particles or
+  to particles cut by the border whose centre lies outside the frame are not counted (those
+  particles are not counted as missed either), and neither are unmatched detections that
+  measure < 1.5 nm (outside the size class, as COCO ignores unmatched detections outside an
+  area range; before model card 3.1.0's second table, particles with their centre outside
+  the frame were left out of the matching, so their detections counted as false). ``detection_f1_all`` counts every unmatched detection as an
   error. Missed particles are split into ``fn_no_mask`` (no particle pixel at the true
   centre) and ``fn_merged`` (inside a detection matched to another particle).
 - EMPS (``../shared/samples/emps``): 99 real TEM/SEM micrographs with hand-drawn instances, no
@@ -189,10 +192,13 @@ def _simulated_counts(seg: Segmenter, n: int, seed: int, size_px: int) -> dict[s
         cols = parts.columns
         centres = np.column_stack([cols["y"], cols["x"]])
         tr = sim.truth
+        tr = tr[tr["area_px"] > 0]  # every particle with a pixel in the frame takes part
         inside = (tr["x"] >= -0.5) & (tr["x"] < size_px - 0.5)
         inside &= (tr["y"] >= -0.5) & (tr["y"] < size_px - 0.5)
-        tr = tr[inside]
-        big = tr["diameter_nm"] >= 1.5
+        # Counted: in the size class, centre in the frame. A detection matched to any other
+        # visible particle (below the class, or cut by the border with its centre outside)
+        # is neither a hit nor a false detection.
+        big = (tr["diameter_nm"] >= 1.5) & inside
         cost = np.hypot(
             tr["y"][:, None] - centres[None, :, 0], tr["x"][:, None] - centres[None, :, 1]
         )
