@@ -197,8 +197,8 @@ def measure_speed(frame: Frame, config: Any, repeats: int) -> dict[str, Any]:
     segmenter = Segmenter.from_config(config.segment.model_copy(update={"model_path": str(model)}))
     px, contrast = frame.pixel_size_nm, config.segment.contrast
     _, used = analyze_frame(frame, segmenter, config=config, contrast=contrast)
-    unet_s, prob = _median_s(
-        lambda: segmenter.predict(frame.data, pixel_size_nm=px, contrast=contrast), repeats
+    unet_s, (prob, centres) = _median_s(
+        lambda: segmenter.predict_maps(frame.data, pixel_size_nm=px, contrast=contrast), repeats
     )
     m = config.measure
     detect_s, particles = _median_s(
@@ -209,6 +209,7 @@ def measure_speed(frame: Frame, config: Any, repeats: int) -> dict[str, Any]:
             pixel_size_nm=px,
             contrast=used,
             config=m,
+            centres=centres,
         ),
         repeats,
     )

@@ -18,16 +18,19 @@ Two sets, both fixed, nothing tuned per image:
   to particles cut by the border whose centre lies outside the frame are not counted (those
   particles are not counted as missed either), and neither are unmatched detections that
   measure < 1.5 nm (outside the size class, as COCO ignores unmatched detections outside an
-  area range; before model card 3.1.0's second table, particles with their centre outside
-  the frame were left out of the matching, so their detections counted as false). ``detection_f1_all`` counts every unmatched detection as an
-  error. Missed particles are split into ``fn_no_mask`` (no particle pixel at the true
-  centre) and ``fn_merged`` (inside a detection matched to another particle).
+  area range; until 2026-12-02 particles with their centre outside the frame were left out
+  of the matching, so their detections counted as false). ``detection_f1_all`` counts
+  every unmatched detection as an error. Missed particles are split into ``fn_no_mask``
+  (no particle pixel at the true centre) and ``fn_merged`` (inside a detection matched to
+  another particle).
 - EMPS (``../shared/samples/emps``): 99 real TEM/SEM micrographs with hand-drawn instances, no
   pixel size, both contrasts; run with ``contrast="auto"`` and the segmenter's own scale
   estimate. Semantic Dice and instance F1 at IoU ≥ 0.5, averaged over images (and pooled).
 
 Instances are split from the thresholded map by a distance-transform watershed with h-maxima
-markers (a simple stand-in for nptrack.measure's splitting).
+markers (a simple stand-in for nptrack.measure's splitting); with a model that gives centre
+maps, at its cores first (`nptrack.measure.split.split_centres`), the stand-in where a region
+has none.
 
     python tools/eval_segmentation.py --model models/nptrack-unet-v3.onnx --out eval.json
 """
@@ -49,7 +52,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from nptrack.measure.split import fill_separation_lines
+from nptrack.measure.split import SplitResult, fill_separation_lines, split_centres
 from nptrack.segment.infer import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,12 +122,19 @@ def eval_emps(seg: Segmenter, folder: Path) -> dict[str, Any]:
         rgb = iio.imread(path)
         gray = rgb[..., :3].mean(-1).astype(np.float32) if rgb.ndim == 3 else rgb
         truth = iio.imread(folder / "segmaps" / path.name).astype(np.int64)
-        prob = seg.predict(gray, contrast="auto")
+        prob, centres = seg.predict_maps(gray, contrast="auto")
         pred = prob > seg.threshold
         zoom = seg.last_info["zoom"][0]
-        labels = split_instances(
-            pred, diameter_px=float(seg.metadata["typical_diameter_px"]) / zoom
-        )
+        diameter_px = float(seg.metadata["typical_diameter_px"]) / zoom
+        if centres is None:
+            labels = split_instances(pred, diameter_px=diameter_px)
+        else:  # a model with centres: its cores, the stand-in where a region has none
+
+            def fallback(region: np.ndarray, _: Any, d: float = diameter_px) -> SplitResult:
+                lab = split_instances(region, diameter_px=d)
+                return SplitResult(lab, np.zeros(int(lab.max()), bool))
+
+            labels = split_centres(pred, centres, fallback=fallback).labels
         labels, _ = fill_separation_lines(labels, separation_px=seg.input_separation_px)
         pred = labels > 0
         i, p, t = int((pred & (truth > 0)).sum()), int(pred.sum()), int((truth > 0).sum())
@@ -181,13 +191,13 @@ def _simulated_counts(seg: Segmenter, n: int, seed: int, size_px: int) -> dict[s
         modality = "adf" if k % 2 == 0 else "bf"
         sim = simulate_frame(cfg, rng=rng, modality=modality)
         px = sim.pixel_size_nm
-        prob = seg.predict(sim.image, pixel_size_nm=(px, px), contrast="auto")
+        prob, centres = seg.predict_maps(sim.image, pixel_size_nm=(px, px), contrast="auto")
         raw, truth = prob > seg.threshold, sim.labels > 0
         pred = _with_lines(raw, seg.input_separation_px)
         parts = detect_particles(
             prob, sim.image.astype(np.float32), threshold=seg.threshold, pixel_size_nm=(px, px),
             contrast="bright" if modality == "adf" else "dark",
-            separation_px=seg.input_separation_px,
+            separation_px=seg.input_separation_px, centres=centres,
         )  # fmt: skip
         cols = parts.columns
         centres = np.column_stack([cols["y"], cols["x"]])

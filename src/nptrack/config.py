@@ -126,6 +126,14 @@ class MeasureConfig(_Stage):
         "particle when the smoothed image peaks there this many noise sigmas above its pass "
         "to the neighbour; 0: off",
     )
+    use_centres: bool = Field(
+        True,
+        description="with a model that gives centre maps, touching particles are separated "
+        "at its centre cores (the distance split only where a region has none)",
+    )
+    centre_threshold: float = Field(
+        0.5, gt=0, lt=1, description="centre-map level above which pixels form a core"
+    )
     intensity_margin_px: int = Field(
         2,
         ge=0,

@@ -73,6 +73,9 @@ class _Segmenter:
     def predict(self, image: np.ndarray, **kwargs: object) -> np.ndarray:
         return image * 2
 
+    def predict_maps(self, image: np.ndarray, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        return image * 2, image * 3
+
 
 def test_the_gated_segmenter_is_the_segmenter_counted() -> None:
     gate = ModelGate()
@@ -80,6 +83,9 @@ def test_the_gated_segmenter_is_the_segmenter_counted() -> None:
     assert gated.threshold == 0.4
     np.testing.assert_array_equal(gated.predict(np.ones(3), contrast="auto"), np.full(3, 2.0))
     assert gate.started == 1
+    _, centres = gated.predict_maps(np.ones(3), contrast="auto")  # a model with centres
+    np.testing.assert_array_equal(centres, np.full(3, 3.0))
+    assert gate.started == 2
 
 
 class _RecordingGate(ModelGate):

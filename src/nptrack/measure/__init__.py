@@ -17,7 +17,13 @@ from scipy import ndimage as ndi
 from nptrack.config import MeasureConfig
 from nptrack.measure.props import DETECTION_COLUMNS, _median, fit_circle, measure_particles
 from nptrack.measure.refine import refine_outlines
-from nptrack.measure.split import SplitResult, clean_mask, fill_separation_lines, split_particles
+from nptrack.measure.split import (
+    SplitResult,
+    clean_mask,
+    fill_separation_lines,
+    split_centres,
+    split_particles,
+)
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -80,6 +86,7 @@ def detect_particles(
     contrast: Literal["bright", "dark", "auto"] = "auto",
     config: MeasureConfig | None = None,
     separation_px: int = 0,
+    centres: np.ndarray | None = None,
 ) -> Particles:
     """Threshold, clean, separate and measure the particles of one frame.
 
@@ -101,6 +108,9 @@ def detect_particles(
         Half-width of the background lines the model leaves between touching particles
         (its metadata's ``separation_px``; 0 for models without): the lines are given back
         to the particles after separation (`fill_separation_lines`).
+    centres : ndarray of float, shape (H, W), optional
+        The model's centre map (a model with centres, ``Segmenter.predict_maps``): touching
+        particles are cut between its cores (`split_centres`) when ``config.use_centres``.
 
     Returns
     -------
@@ -119,7 +129,7 @@ def detect_particles(
         side = "bright" if sign > 0 else "dark"
     labels, columns = _split_and_measure(
         mask, image, probability, pixel_size_nm, contrast, config, side=side,
-        separation_px=separation_px,
+        separation_px=separation_px, centres=centres if config.use_centres else None,
     )  # fmt: skip
     if config.reject_opposite_contrast and image is not None and columns["label"].size:
         # Measured against its own background ring, intensity is positive for the particles'
@@ -284,6 +294,7 @@ def _split_and_measure(
     *,
     side: Literal["bright", "dark"] | None = None,
     separation_px: int = 0,
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     _, _, marker = min_areas_px(config, pixel_size_nm)
     if side is None and image is not None and contrast in ("bright", "dark"):
@@ -297,15 +308,24 @@ def _split_and_measure(
         if side == "bright":
             smooth = image  # smoothed by 1 px where a region is split (split_watershed)
             intensity_h = config.split_intensity_sigma * _smoothed_noise(image)
-    split: SplitResult = split_particles(
-        mask,
-        method=config.split,
-        h_px=config.watershed_h_px,
-        convexity_threshold=config.convexity_threshold,
-        min_marker_px=marker,
-        image=smooth,
-        intensity_h=intensity_h,
-    )
+
+    def by_method(region: np.ndarray, region_image: np.ndarray | None) -> SplitResult:
+        return split_particles(
+            region,
+            method=config.split,
+            h_px=config.watershed_h_px,
+            convexity_threshold=config.convexity_threshold,
+            min_marker_px=marker,
+            image=region_image,
+            intensity_h=intensity_h,
+        )
+
+    if centres is not None:
+        split = split_centres(
+            mask, centres, threshold=config.centre_threshold, fallback=by_method, image=smooth
+        )
+    else:
+        split = by_method(mask, smooth)
     labels, separated = split.labels, split.separated
     own = None  # the pixels the model itself gave to particles (not filled lines)
     if separation_px > 0:

@@ -176,7 +176,13 @@ def analyze_frame(
     contrast: str = "auto",
 ) -> tuple[Particles, str]:
     """Segment and measure one frame; returns the particles and the contrast used."""
-    prob = segmenter.predict(frame.data, pixel_size_nm=frame.pixel_size_nm, contrast=contrast)
+    centres = None
+    if getattr(segmenter, "has_centres", False):
+        prob, centres = segmenter.predict_maps(
+            frame.data, pixel_size_nm=frame.pixel_size_nm, contrast=contrast
+        )
+    else:
+        prob = segmenter.predict(frame.data, pixel_size_nm=frame.pixel_size_nm, contrast=contrast)
     # The U-Net segmenter already carries config.segment.threshold when one is set; the
     # classical one maps its own threshold to 0.5.
     threshold = segmenter.threshold
@@ -189,6 +195,7 @@ def analyze_frame(
         contrast=used,  # type: ignore[arg-type]
         config=config.measure,
         separation_px=getattr(segmenter, "input_separation_px", 0),
+        centres=centres,
     )
     return particles, used
 

@@ -19,11 +19,17 @@ Separation of touching / overlapping particles, selectable:
   ANTEMA's stopping rule.
 - ``none``: connected regions as they are.
 
+With a model that gives each particle's centre map (`split_centres`), a region holding two or
+more cores of that map (pixels above a level, each particle's inner part) is cut between them
+by a watershed of the map, whatever the method; a region with one core stays whole, and a
+region with none is left to the method above.
+
 All functions take and return arrays; 8-connectivity throughout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -41,6 +47,7 @@ __all__ = [
     "clean_mask",
     "fill_separation_lines",
     "label_range",
+    "split_centres",
     "split_particles",
     "split_uecs",
     "split_watershed",
@@ -512,6 +519,67 @@ def split_particles(
         lab, n = ndi.label(mask, structure=_EIGHT)
         return SplitResult(lab.astype(np.int32), np.zeros(n, dtype=bool))
     raise ValueError(f"unknown split method {method!r} (watershed, uecs or none)")
+
+
+def split_centres(
+    mask: np.ndarray,
+    centres: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    fallback: Callable[[np.ndarray, np.ndarray | None], SplitResult] | None = None,
+    image: np.ndarray | None = None,
+) -> SplitResult:
+    """Separate touching particles at the cores of a centre map.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        Clean foreground.
+    centres : ndarray of float, shape (H, W)
+        The model's centre map: 1 at each particle's inner point, falling to 0 at its outline
+        and where it meets another particle (:func:`nptrack.segment.data.centre_target`).
+    threshold : float
+        Pixels of `mask` above this level form the cores (8-connected), one per particle.
+    fallback : callable, optional
+        ``fallback(region_mask, region_image)`` splits a region without any core (a faint
+        particle the centre channel missed); e.g. a `split_watershed` with its settings.
+        Such regions stay whole when None.
+    image : ndarray of float, shape (H, W), optional
+        Passed to `fallback` cropped as the region.
+
+    Returns
+    -------
+    SplitResult
+    """
+    mask = np.asarray(mask, dtype=bool)
+    centres = np.asarray(centres, dtype=np.float32)
+    lab, slices = _regions(mask)
+    n_cores, cores = cv2.connectedComponents(
+        ((centres > threshold) & mask).view(np.uint8), connectivity=8
+    )
+    region_of = np.zeros(n_cores, np.int64)  # core -> region label
+    at = cores > 0
+    region_of[cores[at]] = lab[at]
+    count = np.bincount(region_of[1:], minlength=len(slices) + 1)[1:]
+    pieces = {}
+    for i, sl in enumerate(slices):
+        if sl is None or count[i] == 1:
+            continue
+        region = _padded_crop(lab, sl, i + 1)
+        if count[i] == 0:
+            if fallback is None:
+                continue
+            crop = None
+            if image is not None:
+                crop = np.pad(np.asarray(image[sl], np.float32), 1, mode="edge")
+            pieces[i] = (sl, fallback(region, crop).labels.astype(np.int32))
+            continue
+        seeds = np.zeros(region.shape, np.int32)
+        seeds[1:-1, 1:-1] = np.where(region[1:-1, 1:-1], cores[sl], 0)
+        landscape = np.zeros(region.shape, np.float32)
+        landscape[1:-1, 1:-1] = centres[sl]
+        pieces[i] = (sl, watershed(-landscape, seeds, mask=region).astype(np.int32))
+    return _assemble(lab, len(slices), pieces)
 
 
 def label_range(labels: np.ndarray, *, radius_px: int) -> tuple[np.ndarray, np.ndarray]:

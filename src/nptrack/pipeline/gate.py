@@ -79,7 +79,8 @@ class ModelGate:
 
 
 class GatedSegmenter:
-    """A segmenter whose `predict` is counted by a `ModelGate`; all else is the segmenter's."""
+    """A segmenter whose `predict` / `predict_maps` runs are counted by a `ModelGate`; all else
+    is the segmenter's."""
 
     def __init__(self, segmenter: Any, gate: ModelGate) -> None:
         self._segmenter, self._gate = segmenter, gate
@@ -87,6 +88,10 @@ class GatedSegmenter:
     def predict(self, *args: Any, **kwargs: Any) -> Any:
         with self._gate.model_run():
             return self._segmenter.predict(*args, **kwargs)
+
+    def predict_maps(self, *args: Any, **kwargs: Any) -> Any:
+        with self._gate.model_run():
+            return self._segmenter.predict_maps(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._segmenter, name)

@@ -24,7 +24,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from nptrack.measure.split import label_range
 from nptrack.segment.infer import normalise
@@ -35,6 +35,7 @@ __all__ = [
     "ColumnDataConfig",
     "DataConfig",
     "augment",
+    "centre_target",
     "column_sample",
     "load_supports",
     "make_batch",
@@ -86,6 +87,17 @@ class DataConfig(BaseModel):
         "(a line 2 x separation_px wide between touching particles); 0 = off",
     )
     separation_weight: float = Field(10.0, ge=1, description="loss weight of those pixels")
+    centres: bool = Field(
+        False,
+        description="a second output: each particle's distance to its own outline over its "
+        "largest one (1 at its inner point), which keeps touching particles apart as markers",
+    )
+
+    @model_validator(mode="after")
+    def _one_second_channel(self) -> DataConfig:
+        if self.centres and self.separation_px > 0:
+            raise ValueError("centres and separation_px both use the second channel: pick one")
+        return self
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -542,6 +554,44 @@ def separation_target(
     return target, np.where(line, np.float32(weight), np.float32(1.0))
 
 
+def centre_target(ids: np.ndarray) -> np.ndarray:
+    """Each particle's distance to its own outline, over the largest such distance.
+
+    The map is 1 at each particle's innermost pixel and falls to 0 at its outline, including
+    the line where it meets another particle, so the pixels above 1/2 form one core per
+    particle even where the union of touching particles is nearly convex.
+
+    Parameters
+    ----------
+    ids : ndarray of int, shape (H, W)
+        Particle ids, 0 = background.
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W)
+        In [0, 1]; 0 on the background.
+    """
+    ids = np.asarray(ids, np.int32)
+    inside = ids > 0
+    if not inside.any():
+        return np.zeros(ids.shape, np.float32)
+    # Outline pixels: a 4-neighbour of another id (background included). The frame's edge is
+    # no outline: a particle cut by it continues outside.
+    edge = np.zeros(ids.shape, bool)
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    # Inside a particle the nearest outline pixel is one of its own.
+    core = np.pad(inside & ~edge, 1, mode="edge")
+    dist = cv2.distanceTransform(core.view(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1] + 1.0
+    top = np.zeros(int(ids.max()) + 1, np.float32)
+    np.maximum.at(top, ids[inside], dist[inside])
+    out = np.zeros(ids.shape, np.float32)
+    out[inside] = dist[inside] / top[ids[inside]]
+    return out
+
+
 def make_batch(
     cfg: DataConfig,
     batch_size: int,
@@ -567,15 +617,17 @@ def make_batch(
     y : ndarray of float32, shape (batch_size, C, tile_px, tile_px)
         Channel 0: particle masks (0 or 1). With ``cfg.separation_px`` > 0 (C = 2), the masks
         have background lines between touching particles (:func:`separation_target`) and
-        channel 1 is the loss weight per pixel.
+        channel 1 is the loss weight per pixel. With ``cfg.centres`` (C = 2), channel 1 is
+        :func:`centre_target`.
     """
     xs, ys = [], []
     sep = cfg.separation_px
+    ids = sep > 0 or cfg.centres
     for _ in range(batch_size):
         if supports and rng.random() < cfg.supports_fraction:
-            img, mask = support_sample(supports, cfg, rng=rng, instances=sep > 0)
+            img, mask = support_sample(supports, cfg, rng=rng, instances=ids)
         elif rng.random() < cfg.sim_fraction:
-            img, mask = simulate_sample(cfg, rng=rng, instances=sep > 0)
+            img, mask = simulate_sample(cfg, rng=rng, instances=ids)
         else:
             img, mask = shapes_sample(
                 cfg.tile_px,
@@ -583,11 +635,13 @@ def make_batch(
                 coverage=cfg.coverage,
                 overlay_probability=cfg.overlay_probability,
                 rng=rng,
-                instances=sep > 0,
+                instances=ids,
             )
         x, m = augment(img, mask, cfg, rng=rng)
         xs.append(x)
-        if sep > 0:
+        if cfg.centres:
+            ys.append(np.stack([(m > 0).astype(np.float32), centre_target(m)]))
+        elif sep > 0:
             ys.append(
                 np.stack(separation_target(m, separation_px=sep, weight=cfg.separation_weight))
             )

@@ -31,6 +31,7 @@ __all__ = [
     "convert_to_fp16",
     "export_checkpoint",
     "export_onnx",
+    "import_onnx",
     "load_checkpoint",
 ]
 
@@ -204,3 +205,92 @@ def export_checkpoint(
     meta = dict(ckpt.get("metadata", {}))
     meta.update(metadata or {})
     return export_onnx(model, out, metadata=meta, fp16=fp16)
+
+
+def _forward_order(model: UNet) -> list[torch.nn.Module]:
+    """Conv and transposed-conv modules in the order :meth:`UNet.forward` runs them (the
+    order of the exported graph's nodes)."""
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    order: list[torch.nn.Module] = []
+    for block in model.down:
+        order += [m for m in block if isinstance(m, convs)]
+    for up, dec in zip(model.up, model.dec, strict=True):
+        order.append(up)
+        order += [m for m in dec if isinstance(m, convs)]
+    order.append(model.head)
+    return order
+
+
+def import_onnx(path: str | Path) -> tuple[UNet, dict[str, Any]]:
+    """A torch model computing what an exported particle model computes, and its metadata.
+
+    Export folds each BatchNorm into the convolution before it; here the folded weights go
+    back into the convolutions and the BatchNorm layers become the identity plus the folded
+    bias (running mean 0, running variance 1 − eps, scale 1). Fine-tune such a model with
+    its BatchNorm layers kept in eval mode (:func:`nptrack.segment.train.train` does so for
+    an ONNX start), or the first batches' statistics would replace those folded in.
+
+    Raises
+    ------
+    ModelFileError
+        Not a model of this project, or its graph does not match its stored architecture.
+    """
+    path = Path(path)
+    proto = onnx.load(str(path))
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props}, origin=str(path))
+    arch = meta.get("architecture")
+    if not isinstance(arch, dict):
+        raise ModelFileError(f"{path}: no architecture in the metadata")
+    model = UNet(UNetSpec(**arch)).eval()
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    modules = _forward_order(model)
+    if len(nodes) != len(modules):
+        raise ModelFileError(
+            f"{path}: {len(nodes)} convolutions in the graph, {len(modules)} in its architecture"
+        )
+    bns = {}  # conv -> the BatchNorm after it
+    for seq in [*model.down, *model.dec]:
+        for a, b in zip(list(seq)[:-1], list(seq)[1:], strict=True):
+            if isinstance(b, torch.nn.BatchNorm2d):
+                bns[id(a)] = b
+    with torch.no_grad():
+        for node, module in zip(nodes, modules, strict=True):
+            w = weights[node.input[1]]
+            b = weights[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], np.float32)
+            if tuple(w.shape) != tuple(module.weight.shape):
+                raise ModelFileError(
+                    f"{path}: weight {tuple(w.shape)} where the architecture has "
+                    f"{tuple(module.weight.shape)}"
+                )
+            module.weight.copy_(torch.from_numpy(w.copy()))
+            bn = bns.get(id(module))
+            if bn is None:
+                module.bias.copy_(torch.from_numpy(b.copy()))
+                continue
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+            bn.weight.fill_(1.0)
+            bn.bias.copy_(torch.from_numpy(b.copy()))
+    return model, meta
+
+
+def extend_head(model: UNet, out_channels: int, *, seed: int = 0) -> UNet:
+    """The same network with more output channels; the old ones are kept exactly, the new ones
+    start at small random weights (so their logits start near 0)."""
+    old = model.spec.out_channels
+    if out_channels < old:
+        raise ValueError(f"cannot shrink the head from {old} to {out_channels} channels")
+    spec = UNetSpec(**{**model.spec.to_dict(), "out_channels": out_channels})
+    new = UNet(spec)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    new.load_state_dict(state, strict=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = torch.randn(new.head.weight.shape, generator=g) * 1e-2
+        w[:old] = model.head.weight
+        b = torch.zeros(out_channels)
+        b[:old] = model.head.bias
+        new.head.weight.copy_(w)
+        new.head.bias.copy_(b)
+    return new.train(model.training)

@@ -356,16 +356,50 @@ class Segmenter:
         ndarray of float32, shape (H, W)
             Probabilities in [0, 1].
         """
+        return self.predict_maps(
+            image,
+            pixel_size_nm=pixel_size_nm,
+            contrast=contrast,
+            expected_diameter_px=expected_diameter_px,
+        )[0]
+
+    @property
+    def has_centres(self) -> bool:
+        """Whether the model also gives each particle's centre map (its second channel)."""
+        return bool(self.metadata.get("centres", False))
+
+    def predict_maps(
+        self,
+        image: np.ndarray,
+        *,
+        pixel_size_nm: tuple[float, float] | None = None,
+        contrast: str = "auto",
+        expected_diameter_px: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Particle probability and, for a model with centres, the centre map.
+
+        Parameters are those of :meth:`predict`.
+
+        Returns
+        -------
+        probability : ndarray of float32, shape (H, W)
+        centres : ndarray of float32, shape (H, W), or None
+            Each particle's centre map in [0, 1] (1 at its inner point, 0 at its outline,
+            see :func:`nptrack.segment.data.centre_target`); None for a one-channel model.
+        """
         image = np.asarray(image)
         if image.ndim != 2 or min(image.shape) < 2:
             raise ValueError(f"expected a 2-D image, got shape {image.shape}")
         if contrast not in ("auto", "bright", "dark"):
             raise ValueError(f"contrast must be auto, bright or dark, got {contrast!r}")
         zoom, source = self._zoom(image, pixel_size_nm, expected_diameter_px, contrast)
-        logits = self._logits(image, zoom, contrast)
+        channels = self._channels(image, zoom, contrast)
         log.info("segment: %s -> zoom %.3g x %.3g", source, *zoom)
         self.last_info = {"zoom": zoom, "scale_source": source, **self.last_info}
-        return self._probability(logits, image.shape)
+        prob = self._probability(channels[0], image.shape)
+        if not self.has_centres or channels.shape[0] < 2:
+            return prob, None
+        return prob, self._probability(channels[1], image.shape)
 
     def _probability(self, logits: np.ndarray, out_shape: tuple[int, ...] | None) -> np.ndarray:
         if out_shape is not None and logits.shape != tuple(out_shape):
@@ -385,7 +419,12 @@ class Segmenter:
         return self._probability(self._logits(image, zoom, contrast), out_shape)
 
     def _logits(self, image: np.ndarray, zoom: tuple[float, float], contrast: str) -> np.ndarray:
-        """Resample by `zoom`, normalise, flip the contrast if needed, tile, infer, blend."""
+        """The particle logits (channel 0) of :meth:`_channels`."""
+        return self._channels(image, zoom, contrast)[0]
+
+    def _channels(self, image: np.ndarray, zoom: tuple[float, float], contrast: str) -> np.ndarray:
+        """Resample by `zoom`, normalise, flip the contrast if needed, tile, infer, blend;
+        every output channel, shape (C, h, w)."""
         img = np.ascontiguousarray(image, dtype=np.float32)
         h, w = img.shape
         zh, zw = max(1, round(h * zoom[0])), max(1, round(w * zoom[1]))
@@ -409,7 +448,7 @@ class Segmenter:
         return tiled_logits(
             self.session, x, multiple=self.multiple, tile_px=self.tile_px,
             overlap_px=self.tile_overlap_px, tile_batch=self.tile_batch,
-        )[0]  # fmt: skip
+        )  # fmt: skip
 
     def __repr__(self) -> str:
         v = self.metadata.get("model_version", "?")

@@ -145,7 +145,8 @@ def quantize_int8(
     data = quantized.SerializeToString()
     p_int8 = _probabilities(data, check)
     threshold = float(meta["threshold"])
-    disagreement = float(np.mean((p_float >= threshold) != (p_int8 >= threshold)))
+    # The particle channel decides the class (a centre map, channel 1, is a marker level).
+    disagreement = float(np.mean((p_float[:, 0] >= threshold) != (p_int8[:, 0] >= threshold)))
     max_diff = float(np.abs(p_float - p_int8).max())
     if disagreement > MAX_DISAGREEMENT:
         raise ModelFileError(

@@ -40,7 +40,14 @@ from nptrack.segment.data import (
     make_batch,
     make_column_batch,
 )
-from nptrack.segment.export import CHECKPOINT_FORMAT, ExportReport, export_onnx, load_checkpoint
+from nptrack.segment.export import (
+    CHECKPOINT_FORMAT,
+    ExportReport,
+    export_onnx,
+    extend_head,
+    import_onnx,
+    load_checkpoint,
+)
 from nptrack.segment.model import UNet, UNetSpec, count_parameters, widen
 
 if sys.version_info >= (3, 11):
@@ -53,9 +60,11 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "TrainResult",
+    "centre_loss",
     "column_loss",
     "dice_bce_loss",
     "load_train_config",
+    "marker_f1",
     "train",
     "validation_set",
 ]
@@ -92,6 +101,7 @@ class OptimConfig(_Section):
     warmup_steps: int = Field(100, ge=0)
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
+    centre_weight: float = Field(1.0, ge=0, description="BCE weight of the centre channel")
     seed: int = 0
     val_seed: int = 12345
     val_size: int = Field(48, ge=1)
@@ -116,7 +126,7 @@ class TrainConfig(_Section):
 
     def spec(self) -> UNetSpec:
         m = self.model
-        out = self.columns.n_classes + 1 if self.task == "columns" else 1
+        out = self.columns.n_classes + 1 if self.task == "columns" else 1 + self.data.centres
         widths = tuple(m.level_widths) if m.level_widths is not None else None
         try:
             return UNetSpec(m.depth, m.base_width, m.max_width, m.first_level_convs, out, widths)
@@ -177,6 +187,41 @@ def dice_bce_loss(
     p = torch.sigmoid(logits)
     dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
     return bce_weight * bce + dice_weight * (1 - dice)
+
+
+def centre_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    centre_weight: float = 1.0,
+) -> torch.Tensor:
+    """:func:`dice_bce_loss` of the mask plus that of the centre channel.
+
+    The centre target is continuous (1 at a particle's inner point, 0 at its outline); its
+    Dice term pushes the cores above 1/2, which a BCE alone reaches only slowly from a head
+    that starts at 0 logits.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, 2, H, W)
+        Mask logits, centre logits.
+    target : Tensor, shape (N, 2, H, W)
+        Mask, :func:`nptrack.segment.data.centre_target`.
+    """
+    mask = dice_bce_loss(
+        logits[:, 0:1], target[:, 0:1], bce_weight=bce_weight, dice_weight=dice_weight
+    )
+    centre = dice_bce_loss(logits[:, 1:2], target[:, 1:2])
+    return mask + centre_weight * centre
+
+
+def _freeze_batchnorm(model: UNet) -> None:
+    """BatchNorm layers in eval mode: a model imported from ONNX keeps its folded statistics."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
 
 
 def column_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -242,16 +287,54 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     for i in range(0, len(x), 8):
         probs.append(torch.sigmoid(model(torch.from_numpy(x[i : i + 8]))).numpy())
     p = np.concatenate(probs)
-    y = y[:, 0:1]  # the mask, without the loss weights of a separation target
+    centres = p.shape[1] > 1 and y.shape[1] > 1
+    p_mask, y_mask = p[:, 0:1], y[:, 0:1]  # without a separation target's loss weights
     best: dict[str, float] = {}
     for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
-        pred = p > thr
-        inter, union = float((pred & (y > 0.5)).sum()), float((pred | (y > 0.5)).sum())
-        dice = 2 * inter / max(float(pred.sum() + (y > 0.5).sum()), 1.0)
+        pred = p_mask > thr
+        inter, union = float((pred & (y_mask > 0.5)).sum()), float((pred | (y_mask > 0.5)).sum())
+        dice = 2 * inter / max(float(pred.sum() + (y_mask > 0.5).sum()), 1.0)
         if dice > best.get("dice", -1):
             best = {"dice": dice, "iou": inter / max(union, 1.0), "threshold": thr}
+    if centres:
+        best["marker_f1"] = marker_f1(p[:, 1] > 0.5, y[:, 1] > 0.5)
+        best["score"] = 0.5 * (best["dice"] + best["marker_f1"])
     model.train()
     return best
+
+
+def marker_f1(predicted: np.ndarray, true: np.ndarray) -> float:
+    """F1 of predicted centre cores against true ones: a true core is found when the
+    predicted core overlapping it most overlaps it more than any other true core.
+
+    Parameters
+    ----------
+    predicted, true : ndarray of bool, shape (N, H, W)
+        Cores (centre map above 1/2) of each sample.
+    """
+    from scipy import ndimage as ndi
+
+    tp = n_pred = n_true = 0
+    for pm, tm in zip(predicted, true, strict=True):
+        pl, n_p = ndi.label(pm, structure=np.ones((3, 3)))
+        tl, n_t = ndi.label(tm, structure=np.ones((3, 3)))
+        n_pred, n_true = n_pred + n_p, n_true + n_t
+        both = (pl > 0) & (tl > 0)
+        if not both.any():
+            continue
+        pairs, counts = np.unique(
+            pl[both].astype(np.int64) * (n_t + 1) + tl[both], return_counts=True
+        )
+        p_id, t_id = pairs // (n_t + 1), pairs % (n_t + 1)
+        order = np.argsort(-counts, kind="stable")
+        used_p, used_t = set(), set()
+        for k in order:  # greedy one-to-one, largest overlaps first
+            a, b = int(p_id[k]), int(t_id[k])
+            if a not in used_p and b not in used_t:
+                used_p.add(a)
+                used_t.add(b)
+        tp += len(used_t)
+    return 2 * tp / max(n_pred + n_true, 1)
 
 
 @torch.no_grad()
@@ -341,6 +424,7 @@ def train(
         return o.lr * (0.02 + 0.98 * 0.5 * (1 + np.cos(np.pi * min(t, 1.0))))
 
     step, best_dice, elapsed, history = 0, -1.0, 0.0, []
+    frozen_bn = False  # BatchNorm in eval mode throughout (a start from an ONNX file)
     last = ckdir / "last.pt"
     if resume and last.is_file():
         ck = torch.load(last, map_location="cpu", weights_only=False)
@@ -348,14 +432,19 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         step, best_dice = ck["step"], ck["best_dice"]
         elapsed, history = ck["elapsed_s"], ck["history"]
+        frozen_bn = bool(ck.get("frozen_batchnorm", False))
         log.info("resuming from %s at step %d", last, step)
     elif init_from is not None:
         if Path(init_from).suffix.lower() == ".onnx":
-            raise ValueError(
-                f"{init_from}: fine-tuning starts from a training checkpoint (.pt), not ONNX "
-                "(BatchNorm is folded into the exported convolutions)"
-            )
-        init_model, _ = load_checkpoint(init_from)
+            # The exported weights have BatchNorm folded in: those layers stay frozen.
+            init_model, _ = import_onnx(init_from)
+            frozen_bn = True
+            log.info("imported %s (BatchNorm folded: kept in eval mode)", init_from)
+        else:
+            init_model, _ = load_checkpoint(init_from)
+        if init_model.spec.out_channels < model.spec.out_channels:
+            init_model = extend_head(init_model, model.spec.out_channels, seed=o.seed)
+            log.info("head extended to %d output channels", model.spec.out_channels)
         if init_model.spec != model.spec:
             try:
                 init_model = widen(init_model, model.spec, seed=o.seed)
@@ -373,7 +462,7 @@ def train(
         model.load_state_dict(init_model.state_dict())
         log.info("initialised from %s", init_from)
     columns = cfg.task == "columns"
-    key = "score" if columns else "dice"
+    key = "score" if columns or cfg.data.centres else "dice"
     evaluate = _evaluate_columns if columns else _evaluate
     xv, yv = validation_set(cfg, o.val_size, seed=o.val_seed)
     loader = torch.utils.data.DataLoader(
@@ -396,11 +485,14 @@ def train(
             "best_dice": best_dice,
             "elapsed_s": elapsed,
             "history": history,
+            "frozen_batchnorm": frozen_bn,
             "config": cfg.model_dump(mode="json"),
             "metadata": meta,
         }
 
     model.train()
+    if frozen_bn:
+        _freeze_batchnorm(model)
     t0 = time.perf_counter() - elapsed
     bar = tqdm(total=o.steps, initial=step, disable=not progress, desc="train", unit="step")
     batches = iter(loader)
@@ -408,6 +500,14 @@ def train(
         x, y = next(batches)
         if columns:
             loss = column_loss(model(torch.as_tensor(x)), torch.as_tensor(y))
+        elif cfg.data.centres:
+            loss = centre_loss(
+                model(torch.as_tensor(x)),
+                torch.as_tensor(y),
+                bce_weight=o.bce_weight,
+                dice_weight=o.dice_weight,
+                centre_weight=o.centre_weight,
+            )
         else:
             loss = dice_bce_loss(
                 model(torch.as_tensor(x)),
@@ -427,6 +527,8 @@ def train(
         timeout = o.max_minutes is not None and elapsed > 60 * o.max_minutes
         if step % o.val_every == 0 or step == o.steps or timeout:
             val = evaluate(model, xv, yv)
+            if frozen_bn:
+                _freeze_batchnorm(model)  # evaluate() put the model back in train mode
             history.append({"step": step, "loss": float(loss.item()), **val})
             if val[key] > best_dice:
                 best_dice = val[key]
@@ -496,6 +598,8 @@ def _metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
         "typical_diameter_px": cfg.model.typical_diameter_px,
         # Touching particles come out with a background line of 2 x this between them.
         "separation_px": d.separation_px,
+        # Channel 1: each particle's centre map (its pixels above 1/2 are one core each).
+        "centres": d.centres,
         "training": {
             "parameters": n_params,
             "steps": cfg.optim.steps,
