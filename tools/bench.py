@@ -210,6 +210,7 @@ def measure_speed(frame: Frame, config: Any, repeats: int) -> dict[str, Any]:
             contrast=used,
             config=m,
             centres=centres,
+            centre_threshold=segmenter.centre_threshold,
         ),
         repeats,
     )

@@ -134,7 +134,9 @@ def eval_emps(seg: Segmenter, folder: Path) -> dict[str, Any]:
                 lab = split_instances(region, diameter_px=d)
                 return SplitResult(lab, np.zeros(int(lab.max()), bool))
 
-            labels = split_centres(pred, centres, fallback=fallback).labels
+            labels = split_centres(
+                pred, centres, threshold=seg.centre_threshold, fallback=fallback
+            ).labels
         labels, _ = fill_separation_lines(labels, separation_px=seg.input_separation_px)
         pred = labels > 0
         i, p, t = int((pred & (truth > 0)).sum()), int(pred.sum()), int((truth > 0).sum())
@@ -198,6 +200,7 @@ def _simulated_counts(seg: Segmenter, n: int, seed: int, size_px: int) -> dict[s
             prob, sim.image.astype(np.float32), threshold=seg.threshold, pixel_size_nm=(px, px),
             contrast="bright" if modality == "adf" else "dark",
             separation_px=seg.input_separation_px, centres=centres,
+            centre_threshold=seg.centre_threshold,
         )  # fmt: skip
         cols = parts.columns
         centres = np.column_stack([cols["y"], cols["x"]])

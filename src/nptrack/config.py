@@ -131,8 +131,12 @@ class MeasureConfig(_Stage):
         description="with a model that gives centre maps, touching particles are separated "
         "at its centre cores (the distance split only where a region has none)",
     )
-    centre_threshold: float = Field(
-        0.5, gt=0, lt=1, description="centre-map level above which pixels form a core"
+    centre_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="centre-map level above which pixels form a core; None: the model's "
+        "(its metadata, chosen on its validation set)",
     )
     intensity_margin_px: int = Field(
         2,

@@ -87,6 +87,7 @@ def detect_particles(
     config: MeasureConfig | None = None,
     separation_px: int = 0,
     centres: np.ndarray | None = None,
+    centre_threshold: float | None = None,
 ) -> Particles:
     """Threshold, clean, separate and measure the particles of one frame.
 
@@ -111,6 +112,9 @@ def detect_particles(
     centres : ndarray of float, shape (H, W), optional
         The model's centre map (a model with centres, ``Segmenter.predict_maps``): touching
         particles are cut between its cores (`split_centres`) when ``config.use_centres``.
+    centre_threshold : float, optional
+        Level of those cores: ``config.centre_threshold`` when set, else this (the model's,
+        ``Segmenter.centre_threshold``), else 0.5.
 
     Returns
     -------
@@ -130,6 +134,7 @@ def detect_particles(
     labels, columns = _split_and_measure(
         mask, image, probability, pixel_size_nm, contrast, config, side=side,
         separation_px=separation_px, centres=centres if config.use_centres else None,
+        centre_threshold=_first_set(config.centre_threshold, centre_threshold, 0.5),
     )  # fmt: skip
     if config.reject_opposite_contrast and image is not None and columns["label"].size:
         # Measured against its own background ring, intensity is positive for the particles'
@@ -142,6 +147,10 @@ def detect_particles(
             columns = {k: v[keep] for k, v in columns.items()}
             columns["label"] = np.arange(1, int(keep.sum()) + 1)
     return Particles(labels, columns)
+
+
+def _first_set(*values: float | None) -> float:
+    return next(float(v) for v in values if v is not None)
 
 
 def _cut_opposite_contrast(
@@ -295,6 +304,7 @@ def _split_and_measure(
     side: Literal["bright", "dark"] | None = None,
     separation_px: int = 0,
     centres: np.ndarray | None = None,
+    centre_threshold: float = 0.5,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     _, _, marker = min_areas_px(config, pixel_size_nm)
     if side is None and image is not None and contrast in ("bright", "dark"):
@@ -322,7 +332,7 @@ def _split_and_measure(
 
     if centres is not None:
         split = split_centres(
-            mask, centres, threshold=config.centre_threshold, fallback=by_method, image=smooth
+            mask, centres, threshold=centre_threshold, fallback=by_method, image=smooth
         )
     else:
         split = by_method(mask, smooth)

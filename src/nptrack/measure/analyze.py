@@ -196,6 +196,7 @@ def analyze_frame(
         config=config.measure,
         separation_px=getattr(segmenter, "input_separation_px", 0),
         centres=centres,
+        centre_threshold=getattr(segmenter, "centre_threshold", None),
     )
     return particles, used
 

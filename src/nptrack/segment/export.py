@@ -277,7 +277,8 @@ def import_onnx(path: str | Path) -> tuple[UNet, dict[str, Any]]:
 
 def extend_head(model: UNet, out_channels: int, *, seed: int = 0) -> UNet:
     """The same network with more output channels; the old ones are kept exactly, the new ones
-    start at small random weights (so their logits start near 0)."""
+    start as copies of channel 0 plus small random weights (a centre map starts as the
+    particle map, whose inside it has to learn to shrink to cores)."""
     old = model.spec.out_channels
     if out_channels < old:
         raise ValueError(f"cannot shrink the head from {old} to {out_channels} channels")
@@ -287,9 +288,9 @@ def extend_head(model: UNet, out_channels: int, *, seed: int = 0) -> UNet:
     new.load_state_dict(state, strict=False)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        w = torch.randn(new.head.weight.shape, generator=g) * 1e-2
+        w = torch.randn(new.head.weight.shape, generator=g) * 1e-2 + model.head.weight[0]
         w[:old] = model.head.weight
-        b = torch.zeros(out_channels)
+        b = model.head.bias[0].repeat(out_channels)
         b[:old] = model.head.bias
         new.head.weight.copy_(w)
         new.head.bias.copy_(b)

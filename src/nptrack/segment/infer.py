@@ -180,6 +180,8 @@ class Segmenter:
         self.threshold = float(metadata["threshold"] if threshold is None else threshold)
         # Models trained with background lines between touching particles say how wide.
         self.separation_px = int(metadata.get("separation_px", 0))
+        # Models with centre maps say at which level their cores are drawn.
+        self.centre_threshold = float(metadata.get("centre_threshold", 0.5))
         self.providers: list[str] = list(session.get_providers())
         self.multiple = int(metadata["input_multiple"])
         self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)

@@ -101,7 +101,10 @@ class OptimConfig(_Section):
     warmup_steps: int = Field(100, ge=0)
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
-    centre_weight: float = Field(1.0, ge=0, description="BCE weight of the centre channel")
+    centre_weight: float = Field(1.0, ge=0, description="loss weight of the centre channel")
+    head_lr_factor: float = Field(
+        1.0, gt=0, description="learning rate of the output convolution over the others'"
+    )
     seed: int = 0
     val_seed: int = 12345
     val_size: int = Field(48, ge=1)
@@ -296,8 +299,11 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         dice = 2 * inter / max(float(pred.sum() + (y_mask > 0.5).sum()), 1.0)
         if dice > best.get("dice", -1):
             best = {"dice": dice, "iou": inter / max(union, 1.0), "threshold": thr}
-    if centres:
-        best["marker_f1"] = marker_f1(p[:, 1] > 0.5, y[:, 1] > 0.5)
+    if centres:  # the core level is chosen like the threshold: best on the validation set
+        core = y[:, 1] > 0.5
+        f1s = {lv: marker_f1(p[:, 1] > lv, core) for lv in (0.5, 0.6, 0.7, 0.8, 0.9)}
+        level = max(f1s, key=f1s.__getitem__)
+        best["marker_f1"], best["centre_threshold"] = f1s[level], level
         best["score"] = 0.5 * (best["dice"] + best["marker_f1"])
     model.train()
     return best
@@ -411,7 +417,15 @@ def train(
     torch.set_num_threads(o.threads)
     torch.manual_seed(o.seed)
     model = UNet(cfg.spec())
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    # The 1x1 output convolution may learn faster: a new output channel (a head extended for
+    # centres) starts from the particle channel's weights and must move far at a fine-tuning lr.
+    head = list(model.head.parameters())
+    body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    opt = torch.optim.AdamW(
+        [{"params": body, "lr_factor": 1.0}, {"params": head, "lr_factor": o.head_lr_factor}],
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+    )
 
     def lr_at(step: int, elapsed_s: float) -> float:
         """Linear warm-up, then cosine decay to 2 % along whichever budget (steps or
@@ -518,7 +532,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, time.perf_counter() - t0)
+            group["lr"] = lr_at(step, time.perf_counter() - t0) * group.get("lr_factor", 1.0)
         opt.step()
         step += 1
         elapsed = time.perf_counter() - t0
@@ -534,6 +548,8 @@ def train(
                 best_dice = val[key]
                 if not columns:
                     meta["threshold"] = val["threshold"]
+                if "centre_threshold" in val:
+                    meta["centre_threshold"] = val["centre_threshold"]
                 _save(ckdir / "best.pt", {**payload(), "metadata": dict(meta)})
             log.info("step %d val %s", step, val)
         if step % o.checkpoint_every == 0 or step == o.steps or timeout:
@@ -598,8 +614,10 @@ def _metadata(cfg: TrainConfig, n_params: int) -> dict[str, Any]:
         "typical_diameter_px": cfg.model.typical_diameter_px,
         # Touching particles come out with a background line of 2 x this between them.
         "separation_px": d.separation_px,
-        # Channel 1: each particle's centre map (its pixels above 1/2 are one core each).
+        # Channel 1: each particle's centre map; its pixels above centre_threshold (chosen
+        # on the validation set) are one core per particle.
         "centres": d.centres,
+        "centre_threshold": 0.5,
         "training": {
             "parameters": n_params,
             "steps": cfg.optim.steps,
