@@ -443,7 +443,8 @@ def _need_torch(command: str) -> None:
     "--finetune",
     type=click.Path(path_type=Path),
     default=None,
-    help="Start from the weights of this training checkpoint (.pt).",
+    help="Start from the weights of this training checkpoint (.pt) or exported model "
+    "(.onnx, BatchNorm kept as folded).",
 )
 @click.option(
     "--supports",
