@@ -33,6 +33,9 @@ maps, at its cores first (`nptrack.measure.split.split_centres`), the stand-in w
 has none.
 
     python tools/eval_segmentation.py --model models/nptrack-unet-v3.onnx --out eval.json
+
+``--oracle-centres`` splits the simulated detections at centre maps made from the truth (what a
+perfect centre channel would give the model's masks).
 """
 
 from __future__ import annotations
@@ -181,10 +184,12 @@ _KEYS = (
 )
 
 
-def _simulated_counts(seg: Segmenter, n: int, seed: int, size_px: int) -> dict[str, dict]:
+def _simulated_counts(
+    seg: Segmenter, n: int, seed: int, size_px: int, oracle_centres: bool = False
+) -> dict[str, dict]:
     """Pixel and detection counts per modality over `n` frames drawn with `seed`."""
     from nptrack.measure import detect_particles
-    from nptrack.segment.data import DataConfig, simulate_frame
+    from nptrack.segment.data import DataConfig, centre_target, simulate_frame
 
     cfg = DataConfig(tile_px=size_px)
     rng = np.random.default_rng(seed)
@@ -194,13 +199,15 @@ def _simulated_counts(seg: Segmenter, n: int, seed: int, size_px: int) -> dict[s
         sim = simulate_frame(cfg, rng=rng, modality=modality)
         px = sim.pixel_size_nm
         prob, centres = seg.predict_maps(sim.image, pixel_size_nm=(px, px), contrast="auto")
+        if oracle_centres:  # what a perfect centre channel would give this model's masks
+            centres = centre_target(sim.labels)
         raw, truth = prob > seg.threshold, sim.labels > 0
         pred = _with_lines(raw, seg.input_separation_px)
         parts = detect_particles(
             prob, sim.image.astype(np.float32), threshold=seg.threshold, pixel_size_nm=(px, px),
             contrast="bright" if modality == "adf" else "dark",
             separation_px=seg.input_separation_px, centres=centres,
-            centre_threshold=seg.centre_threshold,
+            centre_threshold=0.5 if oracle_centres else seg.centre_threshold,
         )  # fmt: skip
         cols = parts.columns
         centres = np.column_stack([cols["y"], cols["x"]])
@@ -263,11 +270,15 @@ def _scores(stats: dict[str, dict]) -> dict[str, Any]:
 
 
 def eval_simulated(
-    seg: Segmenter, n: int, seeds: Sequence[int], size_px: int = 512
+    seg: Segmenter,
+    n: int,
+    seeds: Sequence[int],
+    size_px: int = 512,
+    oracle_centres: bool = False,
 ) -> dict[str, Any]:
     """Pixel IoU/Dice and detection F1 (≥ 1.5 nm, centre within half the diameter), pooled
     over `n` frames of each seed, with each seed's own scores under ``per_seed``."""
-    per_seed = {seed: _simulated_counts(seg, n, seed, size_px) for seed in seeds}
+    per_seed = {seed: _simulated_counts(seg, n, seed, size_px, oracle_centres) for seed in seeds}
     pooled = {m: {k: sum(c[m][k] for c in per_seed.values()) for k in _KEYS} for m in ("adf", "bf")}
     out: dict[str, Any] = {"frames": n * len(seeds), "size_px": size_px, "seeds": list(seeds)}
     out.update(_scores(pooled))
@@ -294,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-emps", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=None, help="default: the model's")
+    ap.add_argument(
+        "--oracle-centres",
+        action="store_true",
+        help="split the detections at the truth's own centre maps (centre_target of the "
+        "simulated labels, level 0.5) instead of the model's: the F1 a perfect centre "
+        "channel would give these masks (simulated set only)",
+    )
     args = ap.parse_args(argv)
     seg = Segmenter.from_path(args.model, intra_op_threads=args.threads, threshold=args.threshold)
     result: dict[str, Any] = {
@@ -303,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     t0 = time.perf_counter()
     if not args.skip_sim:
-        result["simulated"] = eval_simulated(seg, args.sim_n, args.seeds)
+        result["simulated"] = eval_simulated(
+            seg, args.sim_n, args.seeds, oracle_centres=args.oracle_centres
+        )
     if not args.skip_emps:
         result["emps"] = eval_emps(seg, args.emps)
     result["seconds"] = round(time.perf_counter() - t0, 1)

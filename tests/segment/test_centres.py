@@ -181,6 +181,12 @@ def test_split_at_centre_cores() -> None:
     assert split_centres(mask, none, fallback=fallback).count == 2
     assert calls == [int((ids == 1).sum() + (ids == 2).sum())]
 
+    def drops(region: np.ndarray, _: np.ndarray | None):
+        return split_watershed(np.zeros_like(region))
+
+    kept = split_centres(mask, none, fallback=drops)  # the region stays, whole
+    assert kept.count == 2 and np.array_equal(kept.labels > 0, mask)
+
 
 def test_detect_particles_uses_the_centres() -> None:
     ids = _overlapping_pair()

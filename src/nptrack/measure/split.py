@@ -572,7 +572,9 @@ def split_centres(
             crop = None
             if image is not None:
                 crop = np.pad(np.asarray(image[sl], np.float32), 1, mode="edge")
-            pieces[i] = (sl, fallback(region, crop).labels.astype(np.int32))
+            split = fallback(region, crop).labels
+            if split.max() > 0:  # a fallback that drops the region leaves it whole
+                pieces[i] = (sl, split.astype(np.int32))
             continue
         seeds = np.zeros(region.shape, np.int32)
         seeds[1:-1, 1:-1] = np.where(region[1:-1, 1:-1], cores[sl], 0)
