@@ -79,6 +79,18 @@ def test_batch_with_centres() -> None:
         DataConfig(centres=True, separation_px=1)
 
 
+def test_batch_with_binary_cores() -> None:
+    """``centre_core_level``: the same samples, the centre map cut at the level."""
+    soft = make_batch(DataConfig(tile_px=64, centres=True), 4, rng=np.random.default_rng(3))[1]
+    cfg = DataConfig(tile_px=64, centres=True, centre_core_level=0.6)
+    y = make_batch(cfg, 4, rng=np.random.default_rng(3))[1]
+    np.testing.assert_array_equal(y[:, 0], soft[:, 0])
+    np.testing.assert_array_equal(y[:, 1], (soft[:, 1] > 0.6).astype(np.float32))
+    assert 0 < y[:, 1].sum() < y[:, 0].sum()
+    with pytest.raises(ValueError):
+        DataConfig(centres=True, centre_core_level=1.0)
+
+
 def test_marker_f1_counts_one_to_one() -> None:
     true = np.zeros((1, 20, 40), bool)
     true[0, 5:9, 5:9] = True

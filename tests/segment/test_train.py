@@ -76,6 +76,18 @@ def test_default_model_is_small() -> None:
     assert 300_000 < n < 2_000_000
 
 
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "configs" / "train").glob("*.toml"))
+)
+def test_shipped_recipes_load(name: str) -> None:
+    """Every recipe in configs/train passes the strict schema (a stale key fails here)."""
+    cfg = load_train_config(REPO / "configs" / "train" / name)
+    if cfg.data.centres:
+        assert cfg.spec().out_channels == 2
+    if name == "cores.toml":
+        assert cfg.data.centre_core_level == 0.5
+
+
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
     path.write_text("[optim]\nstpes = 3\n")

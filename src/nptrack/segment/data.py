@@ -92,6 +92,13 @@ class DataConfig(BaseModel):
         description="a second output: each particle's distance to its own outline over its "
         "largest one (1 at its inner point), which keeps touching particles apart as markers",
     )
+    centre_core_level: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="teach the centre channel as binary cores, the pixels whose centre map is "
+        "above this level, instead of the continuous map; unset = the continuous map",
+    )
 
     @model_validator(mode="after")
     def _one_second_channel(self) -> DataConfig:
@@ -618,7 +625,7 @@ def make_batch(
         Channel 0: particle masks (0 or 1). With ``cfg.separation_px`` > 0 (C = 2), the masks
         have background lines between touching particles (:func:`separation_target`) and
         channel 1 is the loss weight per pixel. With ``cfg.centres`` (C = 2), channel 1 is
-        :func:`centre_target`.
+        :func:`centre_target`, or its cores above ``cfg.centre_core_level`` (0 or 1).
     """
     xs, ys = [], []
     sep = cfg.separation_px
@@ -640,7 +647,10 @@ def make_batch(
         x, m = augment(img, mask, cfg, rng=rng)
         xs.append(x)
         if cfg.centres:
-            ys.append(np.stack([(m > 0).astype(np.float32), centre_target(m)]))
+            centre = centre_target(m)
+            if cfg.centre_core_level is not None:
+                centre = (centre > cfg.centre_core_level).astype(np.float32)
+            ys.append(np.stack([(m > 0).astype(np.float32), centre]))
         elif sep > 0:
             ys.append(
                 np.stack(separation_target(m, separation_px=sep, weight=cfg.separation_weight))
