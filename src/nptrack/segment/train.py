@@ -137,6 +137,10 @@ class TrainConfig(_Section):
             raise ConfigError(f"[model] {exc}") from None
 
 
+# Core levels tried on the validation set; the best becomes the exported centre_threshold.
+CENTRE_CORE_LEVELS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a training TOML (defaults when None) with ``section.key=value`` overrides.
 
@@ -302,8 +306,7 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
             best = {"dice": dice, "iou": inter / max(union, 1.0), "threshold": thr}
     if centres:  # the core level is chosen like the threshold: best on the validation set
         core = y[:, 1] > 0.5
-        levels = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-        f1s = {lv: marker_f1(p[:, 1] > lv, core) for lv in levels}
+        f1s = {lv: marker_f1(p[:, 1] > lv, core) for lv in CENTRE_CORE_LEVELS}
         level = max(f1s, key=f1s.__getitem__)
         best["marker_f1"], best["centre_threshold"] = f1s[level], level
         best["score"] = 0.5 * (best["dice"] + best["marker_f1"])
