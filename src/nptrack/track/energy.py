@@ -861,7 +861,8 @@ def pack(
     P = int(lens.sum())
     tix = np.repeat(np.arange(ntr), lens)
     if P:
-        t = np.concatenate([np.arange(tr.start, tr.end + 1) for tr in tracks])
+        frame0 = np.array([tr.start for tr in tracks], dtype=np.int64)
+        t = np.arange(P, dtype=np.int64) + np.repeat(frame0 - starts, lens)
         xy = np.concatenate([tr.xy for tr in tracks]).astype(float)
         u = np.concatenate([tr.u for tr in tracks]).astype(float)
         det_all = np.concatenate([tr.det for tr in tracks])
@@ -961,13 +962,13 @@ def pack(
             # superposed pairs may sit apart by up to the candidate range (their blob pins only
             # their mass-weighted centre), so that they stay a pair from one pack to the next
             sup = _superposition(xy, u, pairs, dets, t, params)
-            for i in np.argsort(d2):
-                if sup[i]:
-                    x1, x2 = pairs[i]
-                    if partner[x1] < 0 and partner[x2] < 0:
-                        partner[x1], partner[x2] = x2, x1
-                    else:
-                        sup[i] = False
+            order = np.argsort(d2)
+            for i in order[sup[order]]:  # closest first; a point has one partner at most
+                x1, x2 = pairs[i]
+                if partner[x1] < 0 and partner[x2] < 0:
+                    partner[x1], partner[x2] = x2, x1
+                else:
+                    sup[i] = False
             exc, exc_r2 = pairs[~sup], r[~sup] ** 2
 
     # detection instances for focus points and their superposed partners

@@ -612,21 +612,23 @@ class OnlineTracker:
         for tid in [i for i, tr in sol.tracks.items() if tr.end >= w0]:
             if tid not in sub.tracks:
                 del sol.tracks[tid]
+        # `sub` is discarded after this: its tracks' arrays are taken over, not copied
         for tid, tr in sub.tracks.items():
-            tr = tr.copy()
-            tr.det = np.where(tr.det >= 0, tr.det + g0, -1)
+            det = np.where(tr.det >= 0, tr.det + g0, -1)
             old = sol.tracks.get(tid)
             # keep the part before the window; inside it the window's version is the truth (a
             # fusion re-dated by its area drop starts its child later than before)
             if old is not None and old.start < min(tr.start, w0):
-                head = old.cut(old.start, tr.start - 1)
+                k = tr.start - old.start  # frames of the head
                 tr = Track(
                     tid,
-                    head.start,
-                    np.concatenate([head.xy, tr.xy]),
-                    np.concatenate([head.u, tr.u]),
-                    np.concatenate([head.det, tr.det]),
+                    old.start,
+                    np.concatenate([old.xy[:k], tr.xy]),
+                    np.concatenate([old.u[:k], tr.u]),
+                    np.concatenate([old.det[:k], det]),
                 )
+            else:
+                tr = Track(tid, tr.start, tr.xy, tr.u, det)
             sol.tracks[tid] = tr
         gone = [c for c in sol.fusions if c in sub.tracks or c not in sol.tracks]
         for cid in gone:
