@@ -647,9 +647,6 @@ class Packed:
         log-sum-exp of superposed blobs and of fusions is linearised, and the sparse normal
         equations of all tracks are solved at once.
         """
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.linalg import spsolve
-
         p = self.params
         free = self.free
         nf = int(free.sum())
@@ -661,8 +658,9 @@ class Packed:
         ks = p.weight_intensity / p.intensity_smoothness**2
         km = p.weight_intensity / p.mass_tolerance**2
         prior = 1e-6 * max(ks, 1.0)  # keeps tracks without any detection well posed
+        quad = _Normal(idx, prior)
         for _ in range(iterations):
-            quad = _Normal(idx, u, prior)
+            quad.start(u)
             if p.weight_detection and self.det_p.size:
                 q = self.partner
                 dp, dg = self.det_p, self.det_g
@@ -709,24 +707,34 @@ class Packed:
                 pts[self.fus_group, slot] = self.fus_parent
                 coef[self.fus_group, slot] = -soft
                 quad(pts, coef, r0, np.full(self.fus_child.size, 0.5 * km))
-            h = coo_matrix(
-                (np.concatenate(quad.vals), (np.concatenate(quad.rows), np.concatenate(quad.cols))),
-                shape=(nf, nf),
-            ).tocsc()
-            u[free] = spsolve(h, quad.rhs)
+            u[free] = quad.solve()
         return u
 
 
 class _Normal:
-    """Normal equations H u = rhs of a sum of weighted squared linear residuals in u."""
+    """Normal equations H u = rhs of a sum of weighted squared linear residuals in u.
 
-    def __init__(self, idx: NDArray[np.int64], u: NDArray[np.float64], prior: float) -> None:
-        nf = int((idx >= 0).sum())
-        self.idx, self.u, self.nf = idx, u, nf
-        self.rows: list[NDArray[np.int64]] = [np.arange(nf)]
-        self.cols: list[NDArray[np.int64]] = [np.arange(nf)]
-        self.vals: list[NDArray[np.float64]] = [np.full(nf, prior)]
-        self.rhs = prior * u[idx >= 0]
+    One instance serves every Gauss–Newton iteration of a `Packed.relax_intensity` call: the
+    terms are added in the same order with the same points each time (only coefficients and
+    weights change), so where H has entries is worked out once, at the first `solve`.
+    """
+
+    _BAND = 2  # a track's points are consecutive free indices; triples span two steps
+
+    def __init__(self, idx: NDArray[np.int64], prior: float) -> None:
+        self.idx, self.prior = idx, prior
+        self.free = idx >= 0
+        self.nf = int(self.free.sum())
+        self.rows: list[NDArray[np.int64]] | None = [np.arange(self.nf)]
+        self.cols: list[NDArray[np.int64]] = [np.arange(self.nf)]
+        self._pattern: tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]] | None
+        self._pattern = None
+
+    def start(self, u: NDArray[np.float64]) -> None:
+        """Begin the normal equations at the current point `u`."""
+        self.u = u
+        self.vals: list[NDArray[np.float64]] = [np.full(self.nf, self.prior)]
+        self.rhs = self.prior * u[self.free]
 
     def __call__(
         self,
@@ -743,9 +751,64 @@ class _Normal:
         self.rhs = self.rhs + np.bincount(fi[isf], g[isf], minlength=self.nf)
         both = isf[:, :, None] & isf[:, None, :]
         hv = 2.0 * w[:, None, None] * coef[:, :, None] * coef[:, None, :]
-        self.rows.append(np.broadcast_to(fi[:, :, None], both.shape)[both])
-        self.cols.append(np.broadcast_to(fi[:, None, :], both.shape)[both])
+        if self.rows is not None:  # first iteration: record where the entries go
+            self.rows.append(np.broadcast_to(fi[:, :, None], both.shape)[both])
+            self.cols.append(np.broadcast_to(fi[:, None, :], both.shape)[both])
         self.vals.append(hv[both])
+
+    def solve(self) -> NDArray[np.float64]:
+        """The minimiser: H is symmetric positive definite and, with the free points of each
+        track consecutive, pentadiagonal but for a few couplings between tracks (superposed
+        blobs, fusions). A banded Cholesky factor of the band solves it, with a Woodbury
+        correction for those couplings (sparse LU when they are many)."""
+        from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
+
+        nf, b = self.nf, self._BAND
+        vals = np.concatenate(self.vals)
+        if self._pattern is None:
+            assert self.rows is not None
+            rows, cols = np.concatenate(self.rows), np.concatenate(self.cols)
+            off = cols - rows
+            upper = (off >= 0) & (off <= b)  # H is symmetric: its upper band is all it needs
+            self._pattern = (
+                (b - off[upper]) * nf + cols[upper],
+                upper,
+                np.flatnonzero(off > b),
+            )
+            self._far = (rows, cols)
+            self.rows = None
+        band_at, upper, far = self._pattern
+        ab = np.bincount(band_at, vals[upper], minlength=(b + 1) * nf).reshape(b + 1, nf)
+        rows, cols = self._far
+        s_idx = np.unique(np.concatenate([rows[far], cols[far]])) if far.size else far
+        if s_idx.size <= 200:
+            try:
+                factor = cholesky_banded(ab, lower=False, check_finite=False)
+            except LinAlgError:
+                factor = None
+            if factor is not None:
+                y = cho_solve_banded((factor, False), self.rhs, check_finite=False)
+                if not far.size:
+                    return y
+                # H = band + P E Pᵀ: x = y − Z (I + E Pᵀ Z)⁻¹ E Pᵀ y, with Z = band⁻¹ P
+                k = s_idx.size
+                e = np.zeros((k, k))
+                np.add.at(
+                    e,
+                    (np.searchsorted(s_idx, rows[far]), np.searchsorted(s_idx, cols[far])),
+                    vals[far],
+                )
+                e = e + e.T  # the far entries were taken above the diagonal only
+                p = np.zeros((nf, k))
+                p[s_idx, np.arange(k)] = 1.0
+                z = cho_solve_banded((factor, False), p, check_finite=False)
+                m = np.eye(k) + e @ z[s_idx]
+                return y - z @ np.linalg.solve(m, e @ y[s_idx])
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.linalg import spsolve
+
+        h = coo_matrix((vals, (rows, cols)), shape=(nf, nf)).tocsc()
+        return np.asarray(spsolve(h, self.rhs), dtype=float)
 
 
 def endpoint_energy(
