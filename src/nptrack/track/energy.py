@@ -500,7 +500,10 @@ class Packed:
         u = self.u if u is None else u
         gxy = np.zeros_like(xy)
         gu = np.zeros_like(u)
-        add = np.add.at if grad else _skip
+        # np.add.at is slow: bincount where a point may recur, plain indexing where the
+        # indices are distinct (consecutive points of steps and triples)
+        add = _scatter_add if grad else _skip
+        put = _distinct_add if grad else _skip
         terms = dict.fromkeys(_TERMS, 0.0)
 
         # detection: Lorentzian in position and log intensity
@@ -551,17 +554,17 @@ class Packed:
                 k = self.triple_k[:, None]
                 e += float((k * acc * acc).sum())
                 g = 2.0 * w * k * acc
-                add(gxy, a, g)
-                add(gxy, b, -2.0 * g)
-                add(gxy, c3, g)
+                put(gxy, a, g)
+                put(gxy, b, -2.0 * g)
+                put(gxy, c3, g)
             elif p.motion == "brownian" and self.steps.size:
                 a, b = self.steps.T
                 d = xy[b] - xy[a]
                 k = self.step_k[:, None]
                 e += float((k * d * d).sum())
                 g = 2.0 * w * k * d
-                add(gxy, b, g)
-                add(gxy, a, -g)
+                put(gxy, b, g)
+                put(gxy, a, -g)
             if self.fus_child.size:
                 centre = np.zeros((self.fus_child.size, 2))
                 np.add.at(centre, self.fus_group, self.fus_w[:, None] * xy[self.fus_parent])
@@ -581,16 +584,16 @@ class Packed:
                 a, b = self.steps.T
                 d = u[b] - u[a]
                 e += float((self.drift_k * d * d).sum())
-                add(gu, b, 2.0 * w * self.drift_k * d)
-                add(gu, a, -2.0 * w * self.drift_k * d)
+                put(gu, b, 2.0 * w * self.drift_k * d)
+                put(gu, a, -2.0 * w * self.drift_k * d)
             if self.triples.size:
                 a, b, c3 = self.triples.T
                 r = u[a] - 2.0 * u[b] + u[c3]
                 k = 0.5 / p.intensity_smoothness**2
                 e += k * float((r * r).sum())
-                add(gu, a, 2.0 * w * k * r)
-                add(gu, b, -4.0 * w * k * r)
-                add(gu, c3, 2.0 * w * k * r)
+                put(gu, a, 2.0 * w * k * r)
+                put(gu, b, -4.0 * w * k * r)
+                put(gu, c3, 2.0 * w * k * r)
             if self.fus_child.size:
                 up = u[self.fus_parent]
                 m = np.full(self.fus_child.size, -np.inf)
@@ -859,7 +862,22 @@ def endpoint_energy(
 
 
 def _skip(*_: Any) -> None:
-    """Stand-in for np.add.at when no gradient is wanted."""
+    """Stand-in for the gradient accumulators when no gradient is wanted."""
+
+
+def _scatter_add(out: NDArray[np.float64], idx: NDArray[np.int64], v: NDArray[np.float64]) -> None:
+    """``np.add.at(out, idx, v)`` for 1-D `out` or `out` of shape (n, 2), by bincount."""
+    n = out.shape[0]
+    if out.ndim == 1:
+        out += np.bincount(idx, v, minlength=n)
+    else:
+        out[:, 0] += np.bincount(idx, v[:, 0], minlength=n)
+        out[:, 1] += np.bincount(idx, v[:, 1], minlength=n)
+
+
+def _distinct_add(out: NDArray[np.float64], idx: NDArray[np.int64], v: NDArray[np.float64]) -> None:
+    """``out[idx] += v`` where `idx` has no repeats."""
+    out[idx] += v
 
 
 def _superposition(
