@@ -204,3 +204,23 @@ def test_step_variance_follows_mobility_law() -> None:
     assert p.step_var(6.0) == pytest.approx(0.25)
     assert p.step_var(1.5) == pytest.approx(4.0)
     assert float(p.size_factor(0.5)) < 0.05 < 0.95 < float(p.size_factor(2.0))
+
+
+@pytest.mark.parametrize("n_tree", [1, 3, 400])
+def test_within_finds_every_pair_in_range(n_tree: int) -> None:
+    """`_within` (k-nearest with doubling k) equals a dual-tree range query, including where
+    more than the first k entries lie in range and at exactly the radius."""
+    from scipy.spatial import cKDTree
+
+    from nptrack.track.energy import _within
+
+    rng = np.random.default_rng(n_tree)
+    tree_pts = rng.uniform(0, 6, (n_tree, 3))  # dense: up to dozens of entries in range
+    tree = cKDTree(tree_pts)
+    query = np.vstack([rng.uniform(0, 6, (50, 3)), tree_pts[:1] + np.array([2.0, 0.0, 0.0])])
+    i, j = _within(tree, query, 2.0)
+    want = cKDTree(query).sparse_distance_matrix(tree, 2.0, output_type="ndarray")
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(
+        zip(want["i"].tolist(), want["j"].tolist(), strict=True)
+    )
+    assert (len(query) - 1, 0) in set(zip(i.tolist(), j.tolist(), strict=True))  # at the radius

@@ -904,6 +904,25 @@ def _superposition(
     return ok & (np.abs(v - both) + params.intensity_tolerance < np.abs(v - one))
 
 
+def _within(
+    tree: cKDTree, points: NDArray[np.float64], radius: float, k: int = 4
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Every (point, tree entry) pair at most `radius` apart. A k-nearest query, with k
+    doubled until no point has k entries that near, is ~2× faster than a second tree and
+    `sparse_distance_matrix` (a few detections lie within a detection radius)."""
+    k = min(k, tree.n)
+    while True:
+        # distance_upper_bound excludes the bound itself: widen it a hair, then cut exactly
+        dist, j = tree.query(points, k=k, distance_upper_bound=radius * (1.0 + 1e-9))
+        if k == 1:
+            dist, j = dist[:, None], j[:, None]
+        if k >= tree.n or not np.isfinite(dist[:, -1]).any():
+            break
+        k = min(2 * k, tree.n)
+    ok = dist <= radius
+    return np.nonzero(ok)[0].astype(np.int64), j[ok].astype(np.int64)
+
+
 def pack(
     tracks: Sequence[Track],
     dets: Detections,
@@ -1064,11 +1083,9 @@ def pack(
     if has.any():
         xq[has] = sup_w[has, None] * xy[has] + (1.0 - sup_w[has, None]) * xy[partner[has]]
     if cp.size and len(dets):
-        pairs = cKDTree(np.column_stack([xq[cp], t[cp] * FRAME_SEP])).sparse_distance_matrix(
-            dets.tree, params.detection_radius_px, output_type="ndarray"
-        )
-        det_p = cp[pairs["i"].astype(np.int64)]
-        det_g = pairs["j"].astype(np.int64)
+        det_p, det_g = _within(dets.tree, np.column_stack([xq[cp], t[cp] * FRAME_SEP]),
+                               params.detection_radius_px)  # fmt: skip
+        det_p = cp[det_p]
     else:
         det_p = det_g = np.zeros(0, np.int64)
 
