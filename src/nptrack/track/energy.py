@@ -228,7 +228,7 @@ def field_border(
     return cand[np.arange(n), j], sign * jac[np.arange(n), j % 2]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Track:
     """One trajectory: a point per frame from `start` on.
 

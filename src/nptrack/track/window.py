@@ -518,14 +518,23 @@ class OnlineTracker:
         self._relay_separated(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for i, g in zip(ra.tolist(), rc.tolist(), strict=True):
             tr = sub.tracks[ends[i].id]
-            new = Track(
-                tr.id,
-                t,
-                dets.xy[g : g + 1].copy(),
-                dets.log_intensity[g : g + 1].copy(),
-                np.array([g]),
-            )
-            sub.tracks[tr.id] = _join(tr, new, tr.id)
+            if tr.end == t - 1:  # the common case, without _join's intermediate track
+                sub.tracks[tr.id] = Track(
+                    tr.id,
+                    tr.start,
+                    np.concatenate([tr.xy, dets.xy[g : g + 1]]),
+                    np.append(tr.u, dets.log_intensity[g]),
+                    np.append(tr.det, g),
+                )
+            else:
+                new = Track(
+                    tr.id,
+                    t,
+                    dets.xy[g : g + 1].copy(),
+                    dets.log_intensity[g : g + 1].copy(),
+                    np.array([g]),
+                )
+                sub.tracks[tr.id] = _join(tr, new, tr.id)
             linked.add(g)
         self._carry_superposed(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for g in rows:
@@ -658,10 +667,11 @@ class OnlineTracker:
         obs = det >= 0
         shared = obs & (np.bincount(np.where(obs, det, 0), obs, minlength=1)[det * obs] > 1)
         own = obs & ~shared
-        diam = np.array([self._diameter(tr) for tr in alive])
+        typical = np.array([self._diameter(tr) for tr in alive])
+        diam = typical.copy()
         diam[own] = self._diameters[det[own]]
         self._own_size.add([alive[i].id for i in np.flatnonzero(own)], diam[own])
-        xy = self._smoothed(alive, c)
+        xy = self._smoothed(alive, c, typical)
         table = TrackTable(
             frame=np.full(len(alive), c, dtype=np.int64),
             track_id=np.array([self._name(tr.id) for tr in alive], dtype=np.int64),
@@ -691,26 +701,26 @@ class OnlineTracker:
         self._archive_before(c - self.W - 2)
         return Commit(c, table, events)
 
-    def _smoothed(self, alive: list[Track], c: int) -> np.ndarray:
+    def _smoothed(self, alive: list[Track], c: int, diam: np.ndarray) -> np.ndarray:
         """Positions (n, 2) of the `alive` tracks in frame c as written: the tracker's own, or
         with ``smooth_positions`` and Brownian motion the RTS smoother's given the tracks'
-        detections of frames c − W .. t (the frames after c are not committed yet)."""
+        detections of frames c − W .. t (the frames after c are not committed yet); `diam`:
+        the tracks' typical diameters (nm), which set their step variances."""
         xy = np.array([tr.xy[c - tr.start] for tr in alive]).reshape(-1, 2)
         if not (self.cfg.smooth_positions and alive and self.params.motion == "brownian"):
             return xy
         alive_ids = {tr.id for tr in alive}
         others = [tr for tr in self.sol.tracks.values() if tr.id not in alive_ids]
         sigma, loc = self._motion_noise or (self.params.step_sigma_px, self.params.localisation_px)
-        diam = np.array([self._diameter(tr) for tr in alive])
         q = sigma**2 * relative_step_var(self.params, diam)
         # the tracks from `since` on, with rows numbered as in the buffer (the smoother reads
         # nothing earlier): the same result whether or not earlier rows were let go
         since, r0 = c - self.L, self._row0
 
-        def local(tr: Track) -> Track:
-            out = tr.cut(since, tr.end)
-            out.det = np.where(out.det >= 0, out.det - r0, -1)
-            return out
+        def local(tr: Track) -> Track:  # views: the smoother only reads them
+            a = max(since - tr.start, 0)
+            det = tr.det[a:]
+            return Track(tr.id, tr.start + a, tr.xy[a:], tr.u[a:], np.where(det >= 0, det - r0, -1))
 
         near = [local(tr) for tr in others if tr.end >= since]
         return smoothed_at(
