@@ -637,7 +637,8 @@ def assign_detections(
     if not trs or not len(dets):
         return
     lens = np.array([t.n for t in trs])
-    t_all = np.concatenate([np.arange(t.start, t.end + 1) for t in trs])
+    first = np.cumsum(lens) - lens
+    t_all = np.arange(int(lens.sum())) + np.repeat(np.array([t.start for t in trs]) - first, lens)
     xy = np.concatenate([t.xy for t in trs])
     u = np.concatenate([t.u for t in trs])
     old = np.concatenate([t.det for t in trs])
@@ -651,7 +652,8 @@ def assign_detections(
     pp, gg, dd = np.repeat(q, 3)[ok.ravel()], g.ravel()[ok.ravel()], dist.ravel()[ok.ravel()]
     order = np.argsort(dd, kind="stable")
     new = np.where(free, -1, old)
-    owner: dict[int, int] = {int(x): i for i, x in enumerate(old) if not free[i] and x >= 0}
+    kept = np.flatnonzero(~free & (old >= 0))
+    owner: dict[int, int] = dict(zip(old[kept].tolist(), kept.tolist(), strict=True))
     # a superposed pair keeps its shared blob while the pair's mass-weighted centre sits on
     # it and the blob holds both masses (the two may sit apart inside the blob)
     fo = q[old[q] >= 0]
@@ -671,7 +673,16 @@ def assign_detections(
             ):
                 new[p_] = new[o_] = g_
                 owner[g_] = -1
-    for k in order:
+    # A candidate pair whose point and detection are in no other pair, of a point still
+    # unattached and a detection not yet owned, is taken whatever the order: only the rest
+    # need the greedy pass.
+    lone = (np.bincount(pp, minlength=new.size)[pp] == 1) & (np.bincount(gg)[gg] == 1)
+    lone &= new[pp] < 0
+    if owner:
+        lone &= ~np.isin(gg, np.fromiter(owner, dtype=np.int64, count=len(owner)))
+    new[pp[lone]] = gg[lone]
+    order = order[~lone[order]]
+    for k in order.tolist():
         p_, g_ = int(pp[k]), int(gg[k])
         if new[p_] >= 0:
             continue
