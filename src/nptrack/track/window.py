@@ -462,9 +462,15 @@ class OnlineTracker:
         sub.next_id = self.sol.next_id
         for tid, tr in self.sol.tracks.items():
             if tr.end >= w0:
-                c = tr.cut(w0, tr.end)
-                c.det = np.where(c.det >= 0, c.det - g0, -1)
-                sub.tracks[tid] = c
+                a = max(w0 - tr.start, 0)
+                det = tr.det[a:]
+                sub.tracks[tid] = Track(
+                    tr.id,
+                    tr.start + a,
+                    tr.xy[a:].copy(),
+                    tr.u[a:].copy(),
+                    np.where(det >= 0, det - g0, -1),
+                )
         for cid, f in self.sol.fusions.items():
             if all(m in sub.tracks for m in (cid, *f.parents)):
                 sub.fusions[cid] = f
@@ -519,12 +525,14 @@ class OnlineTracker:
         for i, g in zip(ra.tolist(), rc.tolist(), strict=True):
             tr = sub.tracks[ends[i].id]
             if tr.end == t - 1:  # the common case, without _join's intermediate track
+                det = np.empty(tr.n + 1, np.int64)
+                det[:-1], det[-1] = tr.det, g
                 sub.tracks[tr.id] = Track(
                     tr.id,
                     tr.start,
-                    np.concatenate([tr.xy, dets.xy[g : g + 1]]),
-                    np.append(tr.u, dets.log_intensity[g]),
-                    np.append(tr.det, g),
+                    np.concatenate((tr.xy, dets.xy[g : g + 1])),
+                    np.concatenate((tr.u, dets.log_intensity[g : g + 1])),
+                    det,
                 )
             else:
                 new = Track(
