@@ -535,7 +535,11 @@ def refine(
     whole: list[Track] = []
     if ids is None and since is not None:
         whole = [t for t in sol.tracks.values() if t.end >= since]
-        focus = [t.cut(since, t.end) for t in whole]
+        focus = [  # views (pack only reads them; results go back to `whole` below)
+            t if t.start >= since else Track(t.id, since, t.xy[since - t.start :],
+                                             t.u[since - t.start :], t.det[since - t.start :])
+            for t in whole
+        ]  # fmt: skip
         context: list[Track] = []
         fusions = list(sol.fusions.values())
     elif ids is None:
