@@ -1103,7 +1103,9 @@ def pack(
         det_e2=params.intensity_tol(dets.diameter_nm[det_g]) ** 2,
         partner=partner,
         sup_w=sup_w,
-        n_lambda=_n_lambda(tracks, n_focus, dets, params, xy, t, focus_pt, det_all, tr_d),
+        n_lambda=_n_lambda(
+            tracks, n_focus, dets, params, xy, t, focus_pt, det_all, tr_d, tix, starts
+        ),
         steps=steps,
         step_k=step_k,
         drift_k=params.drift_k(tr_d[tix[a]]),
@@ -1133,6 +1135,8 @@ def _n_lambda(
     focus_pt: NDArray[np.bool_],
     det: NDArray[np.int64],
     tr_d: NDArray[np.float64],
+    tix: NDArray[np.int64],
+    starts: NDArray[np.int64],
 ) -> int:
     """Points whose λ is counted: Milan's λ prices a point that explains no detection, not
     one out of view (outside the field, or an undetected point near its edge that was more
@@ -1146,8 +1150,7 @@ def _n_lambda(
             dets.field_border(xy[gap], t[gap], params.frame_shape)[0] < 3.0 * params.max_step_px
         ]
         if near.size:
-            starts = np.concatenate([[0], np.cumsum([tr.n for tr in tracks])[:-1]])
-            for i in np.unique(np.searchsorted(starts, near, side="right") - 1):
+            for i in np.unique(tix[near]).tolist():
                 if i < n_focus:
                     out = out_of_view(tracks[i], dets, params, float(tr_d[i]))
                     keep[starts[i] : starts[i] + tracks[i].n] &= ~out
