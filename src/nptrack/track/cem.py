@@ -243,7 +243,8 @@ class Mover:
         if not trs:
             return
         xy = np.concatenate([t.xy for t in trs])
-        frames = np.concatenate([np.arange(t.start, t.end + 1) for t in trs])
+        first = np.array([t.start for t in trs], dtype=np.int64) - (np.cumsum(lens) - lens)
+        frames = np.arange(int(lens.sum())) + np.repeat(first, lens)
         self.tree = cKDTree(np.column_stack([xy, frames * FRAME_SEP]))
         det = np.concatenate([t.det for t in trs])
         obs = det >= 0
