@@ -247,12 +247,13 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
     lags = np.arange(1, min(4, max(c.size for c in chains) - 1) + 1)
     if lags.size < 2:
         return p
+    med_d = [float(np.median(dets.diameter_nm[c])) for c in chains]  # once per chain
     msd = []
     for k in lags:
         ys = []
-        for c in chains:
+        for c, dc in zip(chains, med_d, strict=True):
             if c.size > k:
-                f = (np.median(dets.diameter_nm[c]) / d_ref) ** p.mobility_exponent
+                f = (dc / d_ref) ** p.mobility_exponent
                 d = dets.xy[c[k:]] - dets.xy[c[:-k]]
                 ys.append(0.5 * (d * d).sum(1) / f)
         y = np.concatenate(ys)
@@ -265,7 +266,7 @@ def estimate_params(dets: Detections, params: EnergyParams) -> EnergyParams:
     dvv = np.concatenate(dv)
     # the scatter's power law in size: slope of log|Δ log I| on log d (a scale-free fit,
     # robust to the heavy tail) over links of particles of at least two sizes
-    d_link = np.concatenate([np.median(dets.diameter_nm[c]) * np.ones(c.size - 1) for c in chains])
+    d_link = np.repeat(med_d, [c.size - 1 for c in chains])
     x_d = np.log(d_link / d_ref)
     k = 0.0
     if np.ptp(x_d) > 0.2:
