@@ -218,6 +218,31 @@ def test_swap_restores_identities_after_an_encounter() -> None:
     assert np.isclose(np.exp(sol.tracks[1].u), 1000.0, rtol=0.2).all()
 
 
+def test_swap_candidates_of_active_tracks_equal_those_of_a_full_search() -> None:
+    """Online only a few tracks are active: their swap candidates are found from their own
+    points, and must be exactly those a search over all pairs gives them."""
+    p = [(f, 40.0 + 0.8 * f, 50.0, 1000.0) for f in range(N_FRAMES)]
+    q = [(f, 52.0 - 0.8 * f, 53.0, 3000.0) for f in range(N_FRAMES)]
+    far = {f"s{k}": still(10.0 + 8.0 * k, 15.0, 0, N_FRAMES - 1) for k in range(10)}
+    sc = Scene({"p": p, "q": q, **far})
+    t1 = sc.track(1, ("p", 0, 7), ("q", 8, 15))
+    t2 = sc.track(2, ("q", 0, 7), ("p", 8, 15))
+    others = [sc.track(10 + k, (f"s{k}", 0, N_FRAMES - 1)) for k in range(10)]
+    sol = sc.solution(t1, t2, *others)
+
+    def swaps(active: set[int] | None) -> list[tuple[tuple[int, ...], list[tuple[int, int]]]]:
+        mv = Mover(sol, sc.dets, P)
+        mv.active = active
+        return [
+            (m.remove, [(t.start, t.end) for t in m.add]) for g in GENERATORS["swap"](mv) for m in g
+        ]
+
+    every = swaps(None)
+    assert every, "the crossing gives swap candidates"
+    assert swaps({1}) == [s for s in every if 1 in s[0]]
+    assert swaps({10, 11}) == []  # still particles far from everything: nothing to swap
+
+
 def test_committed_frames_are_never_changed() -> None:
     sc = Scene({"a": still(50, 50, 0, 4) + still(50, 50, 7, 15)})
     sol = sc.solution(sc.track(1, ("a", 0, 4)), sc.track(2, ("a", 7, 15)))

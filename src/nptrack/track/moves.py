@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.spatial import cKDTree
 
 from nptrack.track.energy import FRAME_SEP, Fusion, Track, out_of_view
 
@@ -558,7 +559,21 @@ def gen_swap(mv: Mover) -> Iterator[list[Move]]:
     if mv.tree is None:
         return
     # pairs closer than the sum of their radii in some frame
-    pairs = mv.tree.query_pairs(mv.rmax / mv.p.contact_factor, output_type="ndarray")
+    radius = mv.rmax / mv.p.contact_factor
+    live = None
+    if mv.active is not None:  # only pairs with a track whose moves are tried
+        live = np.flatnonzero(np.isin(mv.point_ids, [i for i in mv.active if not mv.skip(i)]))
+        if not live.size:
+            return
+    if live is None or 4 * live.size > mv.point_ids.size:
+        pairs = mv.tree.query_pairs(radius, output_type="ndarray")
+    else:  # few (online): found from their points
+        near = cKDTree(mv.tree.data[live]).sparse_distance_matrix(
+            mv.tree, radius, output_type="ndarray"
+        )
+        pa, pb = live[near["i"].astype(np.int64)], near["j"].astype(np.int64)
+        pairs = np.unique(np.column_stack([np.minimum(pa, pb), np.maximum(pa, pb)]), axis=0)
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     if not pairs.size:
         return
     ia, ib = mv.point_ids[pairs[:, 0]], mv.point_ids[pairs[:, 1]]
