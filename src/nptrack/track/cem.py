@@ -622,7 +622,8 @@ def _minimise(
 
     res = minimize(fun, z0, jac=True, method="CG", options={"maxiter": maxiter, "gtol": 1e-3},
                    callback=None if progress is None else step)  # fmt: skip
-    fun(res.x)
+    xy[free] = res.x[: 2 * nf].reshape(-1, 2) * sx  # the minimiser's point (no energy needed)
+    u[free] = res.x[2 * nf :] * su
     return float(res.fun), xy, u
 
 
