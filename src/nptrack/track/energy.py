@@ -732,6 +732,7 @@ class _Normal:
         self.cols: list[NDArray[np.int64]] = [np.arange(self.nf)]
         self._pattern: tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]] | None
         self._pattern = None
+        self._far: tuple[NDArray[np.int64], NDArray[np.int64]] = (self.cols[0], self.cols[0])
 
     def start(self, u: NDArray[np.float64]) -> None:
         """Begin the normal equations at the current point `u`."""
@@ -781,6 +782,7 @@ class _Normal:
             self._far = (rows, cols)
             self.rows = None
         band_at, upper, far = self._pattern
+        assert vals.size == upper.size, "the terms changed between iterations"
         ab = np.bincount(band_at, vals[upper], minlength=(b + 1) * nf).reshape(b + 1, nf)
         rows, cols = self._far
         s_idx = np.unique(np.concatenate([rows[far], cols[far]])) if far.size else far
