@@ -86,14 +86,16 @@ def _grid(
     xy: Sequence[NDArray[np.float64]],
     own: NDArray[np.bool_],
     det_xy: NDArray[np.float64],
+    flat: NDArray[np.int64] | None = None,
 ) -> _Grid:
+    """`flat`: the concatenated rows of `det` when already at hand (renumbered)."""
     lens = np.fromiter((d.size for d in det), dtype=np.int64, count=len(det))
     t0 = int(starts.min())
     n_t, k = int((starts + lens).max()) - t0, len(det)
     first = np.cumsum(lens) - lens
     col = np.repeat(np.arange(k), lens)
     row = np.repeat(starts - t0 - first, lens) + np.arange(int(lens.sum()))
-    d = np.concatenate(det)
+    d = np.concatenate(det) if flat is None else flat
     z = np.zeros((n_t, k, 2))
     has = np.zeros((n_t, k), bool)
     alive = np.zeros((n_t, k), bool)
@@ -240,10 +242,12 @@ def smoothed_at(
     *,
     since: int,
     context: Sequence[Track] = (),
+    det_offset: int = 0,
 ) -> NDArray[np.float64]:
     """`smoothed_xy` of every track in `frame` (shape (K, 2)), from its points of frames
     ≥ `since` only; a detection is a track's own unless another of `tracks` or `context`
-    uses it there. Cheap enough to run at every online commit."""
+    uses it there. The tracks' detection rows minus `det_offset` index `det_xy` (online: the
+    rows still held). Cheap enough to run at every online commit."""
     if not tracks:
         return np.zeros((0, 2))
     starts = np.array([t.start for t in tracks], dtype=np.int64)
@@ -251,11 +255,13 @@ def smoothed_at(
     det = [t.det[a:] for t, a in zip(tracks, cut.tolist(), strict=True)]
     more = [t.det[max(since - t.start, 0) :] for t in context if t.end >= since]
     every = np.concatenate(det + more)
+    if det_offset:
+        every = np.where(every >= 0, every - det_offset, -1)
     counts = np.bincount(every[every >= 0], minlength=det_xy.shape[0])
     mine = every[: sum(d.size for d in det)]
     own = (mine >= 0) & (counts[np.maximum(mine, 0)] == 1)
     xy = [t.xy[a:] for t, a in zip(tracks, cut.tolist(), strict=True)]
-    g = _grid(starts + cut, det, xy, own, det_xy)
+    g = _grid(starts + cut, det, xy, own, det_xy, flat=mine)
     return _smooth_row(g, np.asarray(step_var, dtype=float), float(loc_var), frame - g.t0)
 
 

@@ -725,14 +725,9 @@ class OnlineTracker:
         # nothing earlier): the same result whether or not earlier rows were let go
         since, r0 = c - self.L, self._row0
 
-        def local(tr: Track) -> Track:  # views: the smoother only reads them
-            a = max(since - tr.start, 0)
-            det = tr.det[a:]
-            return Track(tr.id, tr.start + a, tr.xy[a:], tr.u[a:], np.where(det >= 0, det - r0, -1))
-
-        near = [local(tr) for tr in others if tr.end >= since]
+        near = [tr for tr in others if tr.end >= since]
         return smoothed_at(
-            [local(tr) for tr in alive], self._buf[:, :2], q, loc**2, c, since=since, context=near
+            alive, self._buf[:, :2], q, loc**2, c, since=since, context=near, det_offset=r0
         )
 
     def _archive_before(self, f: int) -> None:
