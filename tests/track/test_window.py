@@ -129,3 +129,30 @@ def test_online_keeps_a_particle_under_a_blob_past_the_commit() -> None:
     shared = online.det_id[online.det_id >= 0]
     assert np.bincount(shared).max() == 2
     assert (np.bincount(shared) == 2).sum() >= blob.sum() - 2
+
+
+def test_sharing_last_finds_the_pairs_that_alone_share_their_last_detection() -> None:
+    from nptrack.track.energy import Track
+    from nptrack.track.window import _sharing_last
+
+    def ending(det: list[int], end: int = 9) -> Track:
+        n = len(det)
+        return Track(0, end - n + 1, np.zeros((n, 2)), np.zeros(n), np.array(det))
+
+    ends = [
+        ending([1, 5]),  # 0: shares 5 with 2
+        ending([2, 7]),  # 1: shares 7 with 3 and 4 (three: no pair)
+        ending([3, 5]),  # 2
+        ending([4, 7]),  # 3
+        ending([6, 7]),  # 4
+        ending([8, 9], end=8),  # 5: ends a frame early
+        ending([0, 9]),  # 6: 9 is shared with 5 only in a frame it does not end in
+        ending([0, -1]),  # 7: interpolated end
+        ending([2, 11]),  # 8: shares 11 with 9
+        ending([3, 11]),  # 9
+    ]
+    keep = np.ones(len(ends), bool)
+    assert _sharing_last(ends, 9, keep) == [(0, 2), (8, 9)]
+    keep[9] = False
+    assert _sharing_last(ends, 9, keep) == [(0, 2)]
+    assert _sharing_last([], 9, np.zeros(0, bool)) == []

@@ -566,11 +566,9 @@ class OnlineTracker:
         run, its partner moving so that the pair's mass-weighted centre stays on the blob
         (`moves.relay_hidden`). Without it the step out of the blob looks like a jump.
         """
-        by_det: dict[int, list[int]] = {}
-        for i, tr in enumerate(ends):
-            if tr.end == self.t - 1 and tr.det[-1] >= 0 and i in link:
-                by_det.setdefault(int(tr.det[-1]), []).append(i)
-        for pair in (v for v in by_det.values() if len(v) == 2):
+        linked = np.zeros(len(ends), bool)
+        linked[list(link)] = True
+        for pair in _sharing_last(ends, self.t - 1, linked):
             i, j = pair
             if link[i] == link[j]:
                 continue
@@ -595,13 +593,7 @@ class OnlineTracker:
         coalesced one nor the partner's own.
         """
         p = self.params
-        by_det: dict[int, list[int]] = {}
-        for i, tr in enumerate(ends):
-            if tr.end == self.t - 1 and tr.det[-1] >= 0:
-                by_det.setdefault(int(tr.det[-1]), []).append(i)
-        if not any(len(v) == 2 for v in by_det.values()):
-            return
-        for pair in (v for v in by_det.values() if len(v) == 2):
+        for pair in _sharing_last(ends, self.t - 1, np.ones(len(ends), bool)):
             done = [i for i in pair if i in link]
             if len(done) != 1:
                 continue
@@ -858,3 +850,17 @@ class OnlineTracker:
             init.last_frame = self.t
         sol = optimize(dets, config=self.cfg, params=p, init=init, max_epochs=max_epochs)
         return written_output(sol, dets, p, smooth=self.cfg.smooth_positions)
+
+
+def _sharing_last(ends: list[Track], frame: int, keep: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (i < j) of `ends` (where `keep`) ending in `frame` that are the only two to share
+    their last detection, in the order of i."""
+    last = np.array([tr.det[-1] if tr.end == frame else -1 for tr in ends], dtype=np.int64)
+    idx = np.flatnonzero(keep & (last >= 0)) if last.size else last
+    if idx.size < 2:
+        return []
+    s = idx[np.argsort(last[idx], kind="stable")]  # stable: i before j within a detection
+    v = last[s]
+    first = np.flatnonzero(np.r_[True, v[1:] != v[:-1]])
+    size = np.diff(np.r_[first, v.size])
+    return sorted((int(s[k]), int(s[k + 1])) for k in first[size == 2])
