@@ -31,6 +31,7 @@ from nptrack.track.energy import (
     endpoint_energy,
     group_median,
     pack,
+    point_frames,
 )
 from nptrack.track.initial import estimate_params, initial_solution
 from nptrack.track.moves import GENERATORS, MOVE_ORDER, Move, sizes_apart
@@ -243,8 +244,7 @@ class Mover:
         if not trs:
             return
         xy = np.concatenate([t.xy for t in trs])
-        first = np.array([t.start for t in trs], dtype=np.int64) - (np.cumsum(lens) - lens)
-        frames = np.arange(int(lens.sum())) + np.repeat(first, lens)
+        frames = point_frames(trs, lens)
         self.tree = cKDTree(np.column_stack([xy, frames * FRAME_SEP]))
         det = np.concatenate([t.det for t in trs])
         obs = det >= 0
@@ -642,9 +642,8 @@ def assign_detections(
     )
     if not trs or not len(dets):
         return
-    lens = np.array([t.n for t in trs])
-    first = np.cumsum(lens) - lens
-    t_all = np.arange(int(lens.sum())) + np.repeat(np.array([t.start for t in trs]) - first, lens)
+    lens = np.array([t.n for t in trs], dtype=np.int64)
+    t_all = point_frames(trs, lens)
     xy = np.concatenate([t.xy for t in trs])
     u = np.concatenate([t.u for t in trs])
     old = np.concatenate([t.det for t in trs])

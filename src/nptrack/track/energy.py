@@ -728,11 +728,11 @@ class _Normal:
         self.idx, self.prior = idx, prior
         self.free = idx >= 0
         self.nf = int(self.free.sum())
-        self.rows: list[NDArray[np.int64]] | None = [np.arange(self.nf)]
-        self.cols: list[NDArray[np.int64]] = [np.arange(self.nf)]
-        self._pattern: tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.int64]] | None
-        self._pattern = None
-        self._far: tuple[NDArray[np.int64], NDArray[np.int64]] = (self.cols[0], self.cols[0])
+        # (row, col) of each value, recorded in the first iteration; then `_Pattern`
+        self._entries: list[tuple[NDArray[np.int64], NDArray[np.int64]]] = [
+            (np.arange(self.nf), np.arange(self.nf))
+        ]
+        self._pattern: _Pattern | None = None
 
     def start(self, u: NDArray[np.float64]) -> None:
         """Begin the normal equations at the current point `u`."""
@@ -755,9 +755,13 @@ class _Normal:
         self.rhs = self.rhs + np.bincount(fi[isf], g[isf], minlength=self.nf)
         both = isf[:, :, None] & isf[:, None, :]
         hv = 2.0 * w[:, None, None] * coef[:, :, None] * coef[:, None, :]
-        if self.rows is not None:  # first iteration: record where the entries go
-            self.rows.append(np.broadcast_to(fi[:, :, None], both.shape)[both])
-            self.cols.append(np.broadcast_to(fi[:, None, :], both.shape)[both])
+        if self._pattern is None:  # first iteration: record where the entries go
+            self._entries.append(
+                (
+                    np.broadcast_to(fi[:, :, None], both.shape)[both],
+                    np.broadcast_to(fi[:, None, :], both.shape)[both],
+                )
+            )
         self.vals.append(hv[both])
 
     def solve(self) -> NDArray[np.float64]:
@@ -768,52 +772,55 @@ class _Normal:
         from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
 
         nf, b = self.nf, self._BAND
-        vals = np.concatenate(self.vals)
         if self._pattern is None:
-            assert self.rows is not None
-            rows, cols = np.concatenate(self.rows), np.concatenate(self.cols)
-            off = cols - rows
-            upper = (off >= 0) & (off <= b)  # H is symmetric: its upper band is all it needs
-            self._pattern = (
-                (b - off[upper]) * nf + cols[upper],
-                upper,
-                np.flatnonzero(off > b),
-            )
-            self._far = (rows, cols)
-            self.rows = None
-        band_at, upper, far = self._pattern
-        assert vals.size == upper.size, "the terms changed between iterations"
-        ab = np.bincount(band_at, vals[upper], minlength=(b + 1) * nf).reshape(b + 1, nf)
-        rows, cols = self._far
-        s_idx = np.unique(np.concatenate([rows[far], cols[far]])) if far.size else far
-        if s_idx.size <= 200:
+            self._pattern = _Pattern(self._entries, nf, b)
+            self._entries = []
+        pt = self._pattern
+        vals = np.concatenate(self.vals)
+        assert vals.size == pt.upper.size, "the terms changed between iterations"
+        if pt.coupled.size <= 200:
+            ab = np.bincount(pt.band_at, vals[pt.upper], minlength=(b + 1) * nf)
             try:
-                factor = cholesky_banded(ab, lower=False, check_finite=False)
+                factor = cholesky_banded(ab.reshape(b + 1, nf), lower=False, check_finite=False)
             except LinAlgError:
                 factor = None
             if factor is not None:
                 y = cho_solve_banded((factor, False), self.rhs, check_finite=False)
-                if not far.size:
+                if not pt.coupled.size:
                     return y
                 # H = band + P E Pᵀ: x = y − Z (I + E Pᵀ Z)⁻¹ E Pᵀ y, with Z = band⁻¹ P
-                k = s_idx.size
+                k = pt.coupled.size
                 e = np.zeros((k, k))
-                np.add.at(
-                    e,
-                    (np.searchsorted(s_idx, rows[far]), np.searchsorted(s_idx, cols[far])),
-                    vals[far],
-                )
+                np.add.at(e, pt.far_at, vals[pt.far])
                 e = e + e.T  # the far entries were taken above the diagonal only
                 p = np.zeros((nf, k))
-                p[s_idx, np.arange(k)] = 1.0
+                p[pt.coupled, np.arange(k)] = 1.0
                 z = cho_solve_banded((factor, False), p, check_finite=False)
-                m = np.eye(k) + e @ z[s_idx]
-                return y - z @ np.linalg.solve(m, e @ y[s_idx])
+                m = np.eye(k) + e @ z[pt.coupled]
+                return y - z @ np.linalg.solve(m, e @ y[pt.coupled])
         from scipy.sparse import coo_matrix
         from scipy.sparse.linalg import spsolve
 
-        h = coo_matrix((vals, (rows, cols)), shape=(nf, nf)).tocsc()
+        h = coo_matrix((vals, (pt.rows, pt.cols)), shape=(nf, nf)).tocsc()
         return np.asarray(spsolve(h, self.rhs), dtype=float)
+
+
+class _Pattern:
+    """Where the values of `_Normal` go, split into H's upper band (bandwidth `band`) and the
+    entries above it (couplings between tracks), with the points those couple."""
+
+    def __init__(
+        self, entries: list[tuple[NDArray[np.int64], NDArray[np.int64]]], nf: int, band: int
+    ) -> None:
+        self.rows = np.concatenate([r for r, _ in entries])
+        self.cols = np.concatenate([c for _, c in entries])
+        off = self.cols - self.rows
+        self.upper = (off >= 0) & (off <= band)  # H is symmetric: its upper band is enough
+        self.band_at = (band - off[self.upper]) * nf + self.cols[self.upper]
+        self.far = np.flatnonzero(off > band)
+        rows, cols = self.rows[self.far], self.cols[self.far]
+        self.coupled = np.unique(np.concatenate([rows, cols]))
+        self.far_at = (np.searchsorted(self.coupled, rows), np.searchsorted(self.coupled, cols))
 
 
 def endpoint_energy(
@@ -861,6 +868,12 @@ def endpoint_energy(
                 bd = np.maximum(np.min(cand, 1), 0)
             per += float((aa * (1.0 - np.exp(-bd * bd / params.border_margin_px**2))).sum())
     return params.weight_persistence * per + params.weight_regularisation * reg
+
+
+def point_frames(tracks: Sequence[Track], lens: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Frame of every point of `tracks` laid end to end (`lens`: their lengths)."""
+    first = np.array([t.start for t in tracks], dtype=np.int64) - (np.cumsum(lens) - lens)
+    return np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(first, lens)
 
 
 def _skip(*_: Any) -> None:
@@ -963,8 +976,7 @@ def pack(
     P = int(lens.sum())
     tix = np.repeat(np.arange(ntr), lens)
     if P:
-        frame0 = np.array([tr.start for tr in tracks], dtype=np.int64)
-        t = np.arange(P, dtype=np.int64) + np.repeat(frame0 - starts, lens)
+        t = point_frames(tracks, lens)
         xy = np.concatenate([tr.xy for tr in tracks]).astype(float)
         u = np.concatenate([tr.u for tr in tracks]).astype(float)
         det_all = np.concatenate([tr.det for tr in tracks])

@@ -524,25 +524,9 @@ class OnlineTracker:
         self._relay_separated(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for i, g in zip(ra.tolist(), rc.tolist(), strict=True):
             tr = sub.tracks[ends[i].id]
-            if tr.end == t - 1:  # the common case, without _join's intermediate track
-                det = np.empty(tr.n + 1, np.int64)
-                det[:-1], det[-1] = tr.det, g
-                sub.tracks[tr.id] = Track(
-                    tr.id,
-                    tr.start,
-                    np.concatenate((tr.xy, dets.xy[g : g + 1])),
-                    np.concatenate((tr.u, dets.log_intensity[g : g + 1])),
-                    det,
-                )
-            else:
-                new = Track(
-                    tr.id,
-                    t,
-                    dets.xy[g : g + 1].copy(),
-                    dets.log_intensity[g : g + 1].copy(),
-                    np.array([g]),
-                )
-                sub.tracks[tr.id] = _join(tr, new, tr.id)
+            # views: _join copies them into the new arrays
+            new = Track(tr.id, t, dets.xy[g : g + 1], dets.log_intensity[g : g + 1], np.array([g]))
+            sub.tracks[tr.id] = _join(tr, new, tr.id)
             linked.add(g)
         self._carry_superposed(sub, dets, ends, dict(zip(ra.tolist(), rc.tolist(), strict=True)))
         for g in rows:
@@ -593,7 +577,7 @@ class OnlineTracker:
         coalesced one nor the partner's own.
         """
         p = self.params
-        for pair in _sharing_last(ends, self.t - 1, np.ones(len(ends), bool)):
+        for pair in _sharing_last(ends, self.t - 1):
             done = [i for i in pair if i in link]
             if len(done) != 1:
                 continue
@@ -852,11 +836,13 @@ class OnlineTracker:
         return written_output(sol, dets, p, smooth=self.cfg.smooth_positions)
 
 
-def _sharing_last(ends: list[Track], frame: int, keep: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs (i < j) of `ends` (where `keep`) ending in `frame` that are the only two to share
-    their last detection, in the order of i."""
+def _sharing_last(
+    ends: list[Track], frame: int, keep: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """Pairs (i < j) of `ends` (where `keep`, default all) ending in `frame` that are the only
+    two to share their last detection, in the order of i."""
     last = np.array([tr.det[-1] if tr.end == frame else -1 for tr in ends], dtype=np.int64)
-    idx = np.flatnonzero(keep & (last >= 0)) if last.size else last
+    idx = np.flatnonzero((last >= 0) if keep is None else keep & (last >= 0))
     if idx.size < 2:
         return []
     s = idx[np.argsort(last[idx], kind="stable")]  # stable: i before j within a detection
