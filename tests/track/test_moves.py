@@ -147,6 +147,30 @@ def test_fuse_links_parents_to_child() -> None:
     assert set(f.parents) == {1, 2} and sol.tracks[f.child].start == 8
 
 
+@pytest.mark.parametrize(("gap_px", "online", "fuses"), [
+    (8.5, False, True),  # beyond contact (7.8 px) at the parents' last frame, within a step
+    (8.5, True, False),  # online keeps the plain contact gate (its fusions are committed)
+    (10.5, False, False),  # more than a frame's relative step (9.0 px) apart: no fusion
+])  # fmt: skip
+def test_fuse_gate_allows_one_frame_of_approach(gap_px: float, online: bool, fuses: bool) -> None:
+    # the parents meet between their last frame and the child's first one
+    xa, xb = 50.0 - gap_px * 1200 / 2200, 50.0 + gap_px * 1000 / 2200
+    sc = Scene({
+        "a": still(xa, 50, 0, 7, 1000.0), "b": still(xb, 50, 0, 7, 1200.0),
+        "c": still(50.0, 50, 8, 15, 2200.0),
+    })  # fmt: skip
+    sol = sc.solution(sc.track(1, ("a", 0, 7)), sc.track(2, ("b", 0, 7)), sc.track(3, ("c", 8, 15)))
+    refine(sol, sc.dets, P)
+    mv = Mover(sol, sc.dets, P)
+    mv.fusion_gate_step = not online
+    moves = [m for g in GENERATORS["fuse"](mv) for m in g if m.kind == "fuse"]
+    assert bool(moves) == fuses
+    if fuses:
+        best = min(moves, key=mv.delta)
+        assert mv.delta(best) < 0
+        assert set(best.fusions[0].parents) == {1, 2} and best.fusions[0].child == 3
+
+
 def test_unfuse_drops_a_fusion_without_mass_gain() -> None:
     sc = Scene({
         "a": still(44, 50, 0, 7, 600.0), "b": still(50, 50, 0, 7, 2000.0),

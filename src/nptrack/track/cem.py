@@ -221,6 +221,9 @@ class Mover:
         # online: a fusion is only made once the blob's size has dropped below the summed
         # area of the parents (the decision is committed before any later re-dating)
         self.fusion_needs_drop = False
+        # a fusion's parents may still be one frame's relative step apart at their last frame
+        # (global runs); online keeps the plain contact gate, its fusions are committed
+        self.fusion_gate_step = True
         # frames around a change that enter its evaluation; intensities are re-solved in all
         # but the outer two (they anchor the window to the rest of the tracks)
         self.margin = 8

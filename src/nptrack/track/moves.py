@@ -365,8 +365,11 @@ def _fuse_group(mv: Mover, a: Track, parents: dict[int, int]) -> list[Move]:
             b = sol.tracks[bid]
             if bid == a.id or bid in mv.touched or b.start > e or b.end < e:
                 continue
-            # parents fuse when they touch: sum of radii, plus localisation error
+            # parents fuse when they touch: sum of radii, plus localisation error; they meet
+            # between frames e and e + 1, so one frame of their relative motion too
             rf = _touch_px(mv, da, mv.diam[bid])
+            if mv.fusion_gate_step:
+                rf += np.sqrt(2.0 * float(mv.p.step_var(da) + mv.p.step_var(mv.diam[bid])))
             if np.hypot(*(a2.xy[-1] - b.xy[e - b.start])) > rf:
                 continue
             if mv.fusion_needs_drop and _still_both(mv, a2, b, e):

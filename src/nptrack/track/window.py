@@ -421,6 +421,7 @@ class OnlineTracker:
         self._diam = mover.diam
         mover.active = self._active(sub, mover, t)
         mover.fusion_needs_drop = True
+        mover.fusion_gate_step = False
         mover.run_epoch()
         changed = set(mover.touched) & set(sub.tracks)
         if changed:
