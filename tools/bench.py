@@ -211,6 +211,7 @@ def measure_speed(frame: Frame, config: Any, repeats: int) -> dict[str, Any]:
             config=m,
             centres=centres,
             centre_threshold=segmenter.centre_threshold,
+            centre_dynamic=segmenter.centre_dynamic,
         ),
         repeats,
     )

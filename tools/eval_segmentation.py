@@ -138,8 +138,9 @@ def eval_emps(seg: Segmenter, folder: Path) -> dict[str, Any]:
                 return SplitResult(lab, np.zeros(int(lab.max()), bool))
 
             labels = split_centres(
-                pred, centres, threshold=seg.centre_threshold, fallback=fallback
-            ).labels
+                pred, centres, threshold=seg.centre_threshold, fallback=fallback,
+                min_dynamic=seg.centre_dynamic,
+            ).labels  # fmt: skip
         labels, _ = fill_separation_lines(labels, separation_px=seg.input_separation_px)
         pred = labels > 0
         i, p, t = int((pred & (truth > 0)).sum()), int(pred.sum()), int((truth > 0).sum())
@@ -208,6 +209,7 @@ def _simulated_counts(
             contrast="bright" if modality == "adf" else "dark",
             separation_px=seg.input_separation_px, centres=centres,
             centre_threshold=0.5 if oracle_centres else seg.centre_threshold,
+            centre_dynamic=None if oracle_centres else seg.centre_dynamic,
         )  # fmt: skip
         cols = parts.columns
         centres = np.column_stack([cols["y"], cols["x"]])
@@ -306,6 +308,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--threshold", type=float, default=None, help="default: the model's")
     ap.add_argument(
+        "--centre-threshold", type=float, default=None, help="core level; default: the model's"
+    )
+    ap.add_argument(
+        "--centre-dynamic",
+        type=float,
+        default=None,
+        help="split at the centre map's maxima of this dynamic (a model regressing centre "
+        "domes); default: the model's (level cores when it has none)",
+    )
+    ap.add_argument(
         "--oracle-centres",
         action="store_true",
         help="split the detections at the truth's own centre maps (centre_target of the "
@@ -314,10 +326,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     seg = Segmenter.from_path(args.model, intra_op_threads=args.threads, threshold=args.threshold)
+    if args.centre_threshold is not None:
+        seg.centre_threshold = args.centre_threshold
+    if args.centre_dynamic is not None:
+        seg.centre_dynamic = args.centre_dynamic
     result: dict[str, Any] = {
         "model": str(args.model),
         "version": seg.metadata["model_version"],
         "threshold": seg.threshold,
+        "centre_threshold": seg.centre_threshold if seg.has_centres else None,
+        "centre_dynamic": seg.centre_dynamic if seg.has_centres else None,
     }
     t0 = time.perf_counter()
     if not args.skip_sim:

@@ -138,6 +138,14 @@ class MeasureConfig(_Stage):
         description="centre-map level above which pixels form a core; None: the model's "
         "(its metadata, chosen on its validation set)",
     )
+    centre_dynamic: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="split at the centre map's maxima that rise this far above their pass "
+        "(a model that regresses centre domes) instead of at level cores; None: the model's "
+        "(its metadata; level cores when it has none)",
+    )
     intensity_margin_px: int = Field(
         2,
         ge=0,

@@ -19,7 +19,9 @@ from nptrack.segment.export import export_onnx, extend_head, import_onnx  # noqa
 from nptrack.segment.infer import Segmenter  # noqa: E402
 from nptrack.segment.train import (  # noqa: E402
     CENTRE_CORE_LEVELS,
+    CENTRE_DYNAMICS,
     centre_loss,
+    dome_cores,
     load_train_config,
     marker_f1,
     train,
@@ -167,6 +169,39 @@ def test_finetune_from_onnx_adds_the_centre_channel(tmp_path: Path) -> None:
     assert not plain.has_centres and plain.predict_maps(img)[1] is None
 
 
+def test_dome_training_chooses_and_exports_a_dynamic(tmp_path: Path) -> None:
+    """With the centre channel regressed (no Dice on it), validation chooses the dynamic of
+    the maxima, the file says so and the segmenter reads it; the level model has none."""
+    base = tiny_model(seed=2)
+    export_onnx(base, tmp_path / "base.onnx", metadata=META)
+    cfg = load_train_config(
+        None,
+        [
+            "model.depth=3", "model.base_width=4", "model.max_width=16",
+            "model.first_level_convs=1", "data.tile_px=32", "data.centres=true",
+            "optim.centre_dice_weight=0", "optim.steps=2", "optim.batch_size=2",
+            "optim.val_size=2", "optim.val_every=2", "optim.workers=0",
+            "optim.warmup_steps=1", "optim.threads=1",
+        ],
+    )  # fmt: skip
+    result = train(cfg, tmp_path / "d.onnx", init_from=tmp_path / "base.onnx", progress=False)
+    assert result.val["centre_dynamic"] in CENTRE_DYNAMICS
+    seg = Segmenter.from_path(tmp_path / "d.onnx", providers="cpu")
+    assert seg.centre_dynamic == result.val["centre_dynamic"]
+    assert Segmenter.from_path(tmp_path / "base.onnx", providers="cpu").centre_dynamic is None
+
+
+def test_dome_cores_are_one_per_particle() -> None:
+    ids, domes = _two_pairs_of_domes()
+    core = centre_target(ids) > 0.5
+    found = dome_cores(domes, ids > 0, min_dynamic=0.05)
+    assert marker_f1(found[None], core[None]) == 1.0
+    assert ndi.label(found, structure=np.ones((3, 3)))[1] == 4
+    merged = dome_cores(domes, ids > 0, min_dynamic=0.2)  # the low pair is one piece
+    assert ndi.label(merged, structure=np.ones((3, 3)))[1] == 3
+    assert marker_f1(merged[None], core[None]) == pytest.approx(2 * 3 / 7)
+
+
 def test_split_at_centre_cores() -> None:
     ids = _overlapping_pair()
     lone = _disc(ids.shape, 8, 56, 5) & (ids == 0)
@@ -231,3 +266,57 @@ def test_detect_particles_uses_the_centres() -> None:
     xs = np.sort(with_c.columns["x"])
     truth = [np.nonzero(ids == k)[1].mean() for k in (1, 2)]  # the visible parts' centroids
     assert np.allclose(xs, truth, atol=1.0)
+
+
+def _two_pairs_of_domes() -> tuple[np.ndarray, np.ndarray]:
+    """Two overlapping pairs (ids 1-2 and 3-4) and a regressor-like centre map: each dome
+    scaled differently (a regressor does not reach 1 everywhere), then blurred by 2 px, so
+    that the contact of the high pair (0.25) lies above the peaks of the low one (~0.3)."""
+    shape = (48, 128)
+    ids = np.zeros(shape, np.int32)
+    for k, cx in enumerate((26, 34, 90, 98)):
+        ids[_disc(shape, 24, cx, 10)] = k + 1
+    scale = np.array([0.0, 0.9, 0.8, 0.45, 0.35], np.float32)
+    domes = ndi.gaussian_filter(centre_target(ids) * scale[ids], 2.0)
+    return ids, np.where(ids > 0, domes, 0.0).astype(np.float32)
+
+
+def test_split_at_dome_maxima() -> None:
+    """A regressed centre map (domes) is cut at its deep maxima, not at a level."""
+    ids, domes = _two_pairs_of_domes()
+    mask = ids > 0
+    split = split_centres(mask, domes, threshold=0.1, min_dynamic=0.05)
+    assert split.count == 4
+    for k in (1, 2, 3, 4):  # each piece is mostly one particle's visible pixels
+        piece = split.labels[ids == k]
+        assert np.bincount(piece).max() / piece.size > 0.85
+    # No level draws one core per particle for both pairs at once.
+    levels = np.arange(0.05, 0.6, 0.05)
+    assert max(split_centres(mask, domes, threshold=float(lv)).count for lv in levels) == 3
+    # A maximum shallower than the dynamic is no particle: the low pair's contact is ~0.11
+    # under peaks of 0.27-0.30, so a dynamic of 0.2 keeps that pair whole.
+    assert split_centres(mask, domes, threshold=0.1, min_dynamic=0.2).count == 3
+    # A region whose map stays below the threshold goes to the fallback (or stays whole).
+    calls: list[int] = []
+
+    def fallback(region: np.ndarray, _: np.ndarray | None):
+        calls.append(int(region.sum()))
+        return split_watershed(region)
+
+    faint = split_centres(mask, domes, threshold=0.5, min_dynamic=0.05, fallback=fallback)
+    assert len(calls) == 1 and faint.count == 3  # the low pair, kept whole by distance
+    assert calls[0] == int(((ids == 3) | (ids == 4)).sum())
+    assert split_centres(mask, domes, threshold=0.5, min_dynamic=0.05).count == 3
+
+
+def test_detect_particles_centre_dynamic_from_model_or_config() -> None:
+    ids, domes = _two_pairs_of_domes()
+    rng = np.random.default_rng(1)
+    image = (100 + 5 * rng.standard_normal(ids.shape) + 60 * (ids > 0)).astype(np.float32)
+    prob = (ids > 0).astype(np.float32)
+    kw = {"threshold": 0.5, "contrast": "bright", "centres": domes, "centre_threshold": 0.1}
+    assert len(detect_particles(prob, image, **kw).columns["x"]) < 4  # level cores merge
+    assert len(detect_particles(prob, image, centre_dynamic=0.05, **kw).columns["x"]) == 4
+    deep = MeasureConfig(centre_dynamic=0.2)  # the config wins over the model's
+    three = detect_particles(prob, image, centre_dynamic=0.05, config=deep, **kw)
+    assert len(three.columns["x"]) == 3

@@ -88,6 +88,7 @@ def detect_particles(
     separation_px: int = 0,
     centres: np.ndarray | None = None,
     centre_threshold: float | None = None,
+    centre_dynamic: float | None = None,
 ) -> Particles:
     """Threshold, clean, separate and measure the particles of one frame.
 
@@ -115,6 +116,10 @@ def detect_particles(
     centre_threshold : float, optional
         Level of those cores: ``config.centre_threshold`` when set, else this (the model's,
         ``Segmenter.centre_threshold``), else 0.5.
+    centre_dynamic : float, optional
+        ``config.centre_dynamic`` when set, else this (``Segmenter.centre_dynamic``): the map
+        is split at its maxima of at least this dynamic (`split_centres`' ``min_dynamic``)
+        rather than at level cores.
 
     Returns
     -------
@@ -135,6 +140,9 @@ def detect_particles(
         mask, image, probability, pixel_size_nm, contrast, config, side=side,
         separation_px=separation_px, centres=centres if config.use_centres else None,
         centre_threshold=_first_set(config.centre_threshold, centre_threshold, 0.5),
+        centre_dynamic=(
+            config.centre_dynamic if config.centre_dynamic is not None else centre_dynamic
+        ),
     )  # fmt: skip
     if config.reject_opposite_contrast and image is not None and columns["label"].size:
         # Measured against its own background ring, intensity is positive for the particles'
@@ -305,6 +313,7 @@ def _split_and_measure(
     separation_px: int = 0,
     centres: np.ndarray | None = None,
     centre_threshold: float = 0.5,
+    centre_dynamic: float | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     _, _, marker = min_areas_px(config, pixel_size_nm)
     if side is None and image is not None and contrast in ("bright", "dark"):
@@ -332,8 +341,9 @@ def _split_and_measure(
 
     if centres is not None:
         split = split_centres(
-            mask, centres, threshold=centre_threshold, fallback=by_method, image=smooth
-        )
+            mask, centres, threshold=centre_threshold, fallback=by_method, image=smooth,
+            min_dynamic=centre_dynamic,
+        )  # fmt: skip
     else:
         split = by_method(mask, smooth)
     labels, separated = split.labels, split.separated

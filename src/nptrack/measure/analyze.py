@@ -197,6 +197,7 @@ def analyze_frame(
         separation_px=getattr(segmenter, "input_separation_px", 0),
         centres=centres,
         centre_threshold=getattr(segmenter, "centre_threshold", None),
+        centre_dynamic=getattr(segmenter, "centre_dynamic", None),
     )
     return particles, used
 

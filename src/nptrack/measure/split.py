@@ -528,6 +528,7 @@ def split_centres(
     threshold: float = 0.5,
     fallback: Callable[[np.ndarray, np.ndarray | None], SplitResult] | None = None,
     image: np.ndarray | None = None,
+    min_dynamic: float | None = None,
 ) -> SplitResult:
     """Separate touching particles at the cores of a centre map.
 
@@ -546,6 +547,12 @@ def split_centres(
         Such regions stay whole when None.
     image : ndarray of float, shape (H, W), optional
         Passed to `fallback` cropped as the region.
+    min_dynamic : float, optional
+        For a regressed centre map (domes, not cores): each maximum of the map that rises at
+        least this far above its highest pass to a higher one marks a particle, and a
+        region's pixels go to the basins of those maxima (a watershed of the map, shallower
+        maxima merged across their pass). `threshold` is then only the least a region's
+        highest value must reach for its map to be used (else `fallback`).
 
     Returns
     -------
@@ -553,6 +560,8 @@ def split_centres(
     """
     mask = np.asarray(mask, dtype=bool)
     centres = np.asarray(centres, dtype=np.float32)
+    if min_dynamic is not None:
+        return _split_at_domes(mask, centres, threshold, min_dynamic, fallback, image)
     lab, slices = _regions(mask)
     n_cores, cores = cv2.connectedComponents(
         ((centres > threshold) & mask).view(np.uint8), connectivity=8
@@ -567,20 +576,64 @@ def split_centres(
             continue
         region = _padded_crop(lab, sl, i + 1)
         if count[i] == 0:
-            if fallback is None:
-                continue
-            crop = None
-            if image is not None:
-                crop = np.pad(np.asarray(image[sl], np.float32), 1, mode="edge")
-            split = fallback(region, crop).labels
-            if split.max() > 0:  # a fallback that drops the region leaves it whole
-                pieces[i] = (sl, split.astype(np.int32))
+            if fallback is not None:
+                piece = _fallback_piece(region, sl, fallback, image)
+                if piece is not None:
+                    pieces[i] = (sl, piece)
             continue
         seeds = np.zeros(region.shape, np.int32)
         seeds[1:-1, 1:-1] = np.where(region[1:-1, 1:-1], cores[sl], 0)
         landscape = np.zeros(region.shape, np.float32)
         landscape[1:-1, 1:-1] = centres[sl]
         pieces[i] = (sl, watershed(-landscape, seeds, mask=region).astype(np.int32))
+    return _assemble(lab, len(slices), pieces)
+
+
+def _fallback_piece(
+    region: np.ndarray,
+    sl: tuple[slice, slice],
+    fallback: Callable[[np.ndarray, np.ndarray | None], SplitResult],
+    image: np.ndarray | None,
+) -> np.ndarray | None:
+    crop = None
+    if image is not None:
+        crop = np.pad(np.asarray(image[sl], np.float32), 1, mode="edge")
+    split = fallback(region, crop).labels
+    return split.astype(np.int32) if split.max() > 0 else None  # dropped: left whole
+
+
+def _split_at_domes(
+    mask: np.ndarray,
+    centres: np.ndarray,
+    threshold: float,
+    min_dynamic: float,
+    fallback: Callable[[np.ndarray, np.ndarray | None], SplitResult] | None,
+    image: np.ndarray | None,
+) -> SplitResult:
+    """`split_centres` with ``min_dynamic``: markers at the map's deep maxima per region."""
+    lab, slices = _regions(mask)
+    top = np.zeros(len(slices) + 1, np.float32)
+    inside = lab > 0
+    np.maximum.at(top, lab[inside], centres[inside])
+    pieces = {}
+    for i, sl in enumerate(slices):
+        if sl is None:
+            continue
+        region = _padded_crop(lab, sl, i + 1)
+        if top[i + 1] < threshold:  # the centre channel did not see this one
+            if fallback is not None:
+                piece = _fallback_piece(region, sl, fallback, image)
+                if piece is not None:
+                    pieces[i] = (sl, piece)
+            continue
+        land = np.zeros(region.shape, np.float32)  # padded by 1 px, as the region
+        land[1:-1, 1:-1] = np.where(region[1:-1, 1:-1], centres[sl], 0.0)
+        peaks, n_peaks = ndi.label(local_maxima(land) & region, structure=_EIGHT)
+        if n_peaks < 2:
+            continue
+        basins = watershed(-land, peaks, mask=region)
+        merged = _merge_shallow_basins(basins, peaks, land, min_dynamic)
+        pieces[i] = (sl, merged.astype(np.int32))
     return _assemble(lab, len(slices), pieces)
 
 

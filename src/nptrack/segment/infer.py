@@ -182,6 +182,9 @@ class Segmenter:
         self.separation_px = int(metadata.get("separation_px", 0))
         # Models with centre maps say at which level their cores are drawn.
         self.centre_threshold = float(metadata.get("centre_threshold", 0.5))
+        # ... or, for regressed centre domes, the dynamic of the maxima that mark particles.
+        dynamic = metadata.get("centre_dynamic")
+        self.centre_dynamic = None if dynamic is None else float(dynamic)
         self.providers: list[str] = list(session.get_providers())
         self.multiple = int(metadata["input_multiple"])
         self.tile_px = max(self.multiple, int(tile_px) // self.multiple * self.multiple)

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,7 @@ __all__ = [
     "centre_loss",
     "column_loss",
     "dice_bce_loss",
+    "dome_cores",
     "load_train_config",
     "marker_f1",
     "train",
@@ -102,6 +104,9 @@ class OptimConfig(_Section):
     bce_weight: float = Field(1.0, ge=0)
     dice_weight: float = Field(1.0, ge=0)
     centre_weight: float = Field(1.0, ge=0, description="loss weight of the centre channel")
+    centre_dice_weight: float = Field(
+        1.0, ge=0, description="soft-Dice weight within the centre loss; 0: BCE only (regression)"
+    )
     head_lr_factor: float = Field(
         1.0, gt=0, description="learning rate of the output convolution over the others'"
     )
@@ -139,6 +144,9 @@ class TrainConfig(_Section):
 
 # Core levels tried on the validation set; the best becomes the exported centre_threshold.
 CENTRE_CORE_LEVELS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# Dynamics of the dome maxima tried (a regressed centre map, optim.centre_dice_weight = 0);
+# the best becomes the exported centre_dynamic.
+CENTRE_DYNAMICS: tuple[float, ...] = (0.03, 0.05, 0.1, 0.15, 0.2, 0.3)
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
@@ -203,13 +211,17 @@ def centre_loss(
     bce_weight: float = 1.0,
     dice_weight: float = 1.0,
     centre_weight: float = 1.0,
+    centre_dice_weight: float = 1.0,
 ) -> torch.Tensor:
     """:func:`dice_bce_loss` of the mask plus that of the centre channel.
 
     The centre target is either continuous (1 at a particle's inner point, 0 at its outline)
     or its binary cores (``data.centre_core_level``). On the continuous map the soft Dice is
     largest for a prediction of 1 wherever the target is well above 0, so it teaches fat
-    cores (experiment 4.0.0); on binary cores it is the usual small-object loss.
+    cores (experiment 4.0.0); on binary cores it is the usual small-object loss. With
+    `centre_dice_weight` 0 the continuous map is regressed: the BCE against a target in
+    [0, 1] is smallest where the prediction equals it, so the channel learns each particle's
+    distance dome, whose maxima (not a level) then mark the particles.
 
     Parameters
     ----------
@@ -221,7 +233,7 @@ def centre_loss(
     mask = dice_bce_loss(
         logits[:, 0:1], target[:, 0:1], bce_weight=bce_weight, dice_weight=dice_weight
     )
-    centre = dice_bce_loss(logits[:, 1:2], target[:, 1:2])
+    centre = dice_bce_loss(logits[:, 1:2], target[:, 1:2], dice_weight=centre_dice_weight)
     return mask + centre_weight * centre
 
 
@@ -288,8 +300,47 @@ class _Batches(torch.utils.data.IterableDataset):
             yield _make(self.cfg, self.batch_size, rng, supports)
 
 
+def dome_cores(
+    centres: np.ndarray, mask: np.ndarray, *, min_dynamic: float, threshold: float = 0.1
+) -> np.ndarray:
+    """The cores a regressed centre map marks: the upper half of each piece that
+    `split_centres` cuts `mask` into at maxima of at least `min_dynamic` (for `marker_f1`).
+
+    Parameters
+    ----------
+    centres, mask : ndarray, shape (H, W)
+        Predicted centre map in [0, 1] and the particle mask.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+    """
+    from scipy import ndimage as ndi
+
+    from nptrack.measure.split import split_centres
+
+    lab = split_centres(mask, centres, threshold=threshold, min_dynamic=min_dynamic).labels
+    n = int(lab.max())
+    if n == 0:
+        return np.zeros(lab.shape, bool)
+    top = np.asarray(ndi.maximum(centres, lab, np.arange(1, n + 1)), np.float32)
+    peak = ndi.maximum_position(centres, lab, np.arange(1, n + 1))
+    top = np.concatenate([[np.inf], top])
+    upper = (lab > 0) & (centres >= 0.5 * top[lab])
+    comp, _ = ndi.label(upper, structure=np.ones((3, 3)))
+    # one core per piece: the part of its upper half around its highest point
+    keep = np.zeros(int(comp.max()) + 1, bool)
+    for k, (r, c) in enumerate(peak, start=1):
+        if top[k] >= threshold:
+            keep[comp[r, c]] = True
+    keep[0] = False
+    return keep[comp]
+
+
 @torch.no_grad()
-def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _evaluate(
+    model: UNet, x: np.ndarray, y: np.ndarray, *, domes: bool = False
+) -> dict[str, float]:
     model.eval()
     probs = []
     for i in range(0, len(x), 8):
@@ -309,6 +360,15 @@ def _evaluate(model: UNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         f1s = {lv: marker_f1(p[:, 1] > lv, core) for lv in CENTRE_CORE_LEVELS}
         level = max(f1s, key=f1s.__getitem__)
         best["marker_f1"], best["centre_threshold"] = f1s[level], level
+        if domes:  # a regressed map is cut at its maxima: choose their dynamic instead
+            pm = p_mask[:, 0] > best["threshold"]
+            pairs = list(zip(p[:, 1], pm, strict=True))
+            f1d = {
+                h: marker_f1(np.stack([dome_cores(c, m, min_dynamic=h) for c, m in pairs]), core)
+                for h in CENTRE_DYNAMICS
+            }
+            h = max(f1d, key=f1d.__getitem__)
+            best["marker_f1"], best["centre_dynamic"] = f1d[h], h
         best["score"] = 0.5 * (best["dice"] + best["marker_f1"])
     model.train()
     return best
@@ -482,7 +542,8 @@ def train(
         log.info("initialised from %s", init_from)
     columns = cfg.task == "columns"
     key = "score" if columns or cfg.data.centres else "dice"
-    evaluate = _evaluate_columns if columns else _evaluate
+    domes = cfg.data.centres and cfg.data.centre_core_level is None and o.centre_dice_weight == 0
+    evaluate = _evaluate_columns if columns else partial(_evaluate, domes=domes)
     xv, yv = validation_set(cfg, o.val_size, seed=o.val_seed)
     loader = torch.utils.data.DataLoader(
         _Batches(cfg, o.batch_size, o.seed, step),
@@ -526,6 +587,7 @@ def train(
                 bce_weight=o.bce_weight,
                 dice_weight=o.dice_weight,
                 centre_weight=o.centre_weight,
+                centre_dice_weight=o.centre_dice_weight,
             )
         else:
             loss = dice_bce_loss(
@@ -555,6 +617,8 @@ def train(
                     meta["threshold"] = val["threshold"]
                 if "centre_threshold" in val:
                     meta["centre_threshold"] = val["centre_threshold"]
+                if "centre_dynamic" in val:
+                    meta["centre_dynamic"] = val["centre_dynamic"]
                 _save(ckdir / "best.pt", {**payload(), "metadata": dict(meta)})
             log.info("step %d val %s", step, val)
         if step % o.checkpoint_every == 0 or step == o.steps or timeout:
