@@ -183,6 +183,75 @@ def test_layers_cross_without_fusing() -> None:
         assert layer[a] != layer[b]
 
 
+def _overlaps_nm(truth: object, *, same_layer: bool) -> np.ndarray:
+    """Depth (nm) of every overlap of two particles' discs, over all frames."""
+    out = []
+    for s in truth.states:  # type: ignore[attr-defined]
+        i, j = np.triu_indices(len(s), 1)
+        dist = np.hypot(s.x[i] - s.x[j], s.y[i] - s.y[j]) * truth.pixel_size_nm  # type: ignore[attr-defined]
+        depth = (s.diameter_nm[i] + s.diameter_nm[j]) / 2 - dist
+        keep = (s.layer[i] == s.layer[j]) == same_layer
+        out.append(depth[keep & (depth > 0)])
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("exclusion", [True, False])
+def test_same_surface_particles_do_not_overlap(exclusion: bool) -> None:
+    """With exclusion, touching particles of one surface stay side by side (they pass through
+    each other without it); particles of different surfaces still overlap in projection."""
+    cfg = DynamicsConfig(
+        diffusion_nm2_per_s=0.5, fusion_probability=0.0, margin_nm=0.0, exclusion=exclusion
+    )
+    truth = simulate_population(
+        (96, 96),
+        pixel_size_nm=0.25,
+        frames=20,
+        n_particles=80,
+        config=cfg,
+        rng=np.random.default_rng(7),
+        particle_options={"diameter_nm": 2.5, "diameter_sd_nm": 0.5, "bottom_fraction": 0.5},
+    )
+    same = _overlaps_nm(truth, same_layer=True)
+    other = _overlaps_nm(truth, same_layer=False)
+    assert other.size > 100  # crossings of the two surfaces happen either way
+    if exclusion:
+        assert same.size == 0 or same.max() < 0.01
+    else:
+        assert same.size > 100 and same.max() > 1.0
+
+
+def test_exclusion_shifts_the_more_mobile_particle_further() -> None:
+    """Two overlapping particles of one surface end at contact, along their centre line, the
+    small one (D ∝ d^-2) moved 4x as far as the one twice its size."""
+    from nptrack.simulate.dynamics import _exclude
+    from nptrack.simulate.particles import Particles
+
+    n = 2
+    p = Particles(
+        id=np.arange(1, n + 1),
+        x=np.array([10.0, 14.0]),
+        y=np.array([20.0, 20.0]),
+        diameter_nm=np.array([4.0, 2.0]),
+        height_ratio=np.ones(n),
+        aspect=np.ones(n),
+        angle_rad=np.zeros(n),
+        facets=np.zeros(n, np.int64),
+        facet_strength=np.zeros(n),
+        layer=np.zeros(n, np.int64),
+        lattice_angle_rad=np.full(n, np.nan),
+    )
+    _exclude(p, DynamicsConfig(mobility_exponent=-2.0), 0.5)
+    # contact: (4 + 2) / 2 nm = 6 px; the 2 px overlap shared 1 : 4
+    assert p.x[1] - p.x[0] == pytest.approx(6.0, abs=1e-9)
+    assert p.x[0] == pytest.approx(10.0 - 0.4, abs=1e-9)
+    assert p.x[1] == pytest.approx(14.0 + 1.6, abs=1e-9)
+    np.testing.assert_allclose(p.y, [20.0, 20.0])
+    p.layer[1] = 1  # other surface: no push
+    p.x[:] = [10.0, 12.0]
+    _exclude(p, DynamicsConfig(), 0.5)
+    np.testing.assert_allclose(p.x, [10.0, 12.0])
+
+
 def test_transforms_truth_maps_acquired_frames_onto_frame0() -> None:
     """Warping frame t with its true transform lands it on frame 0 (registration truth), and
     the rendered particles sit at the inverse-transformed truth positions."""
