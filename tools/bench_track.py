@@ -39,6 +39,7 @@ from tests.track import detections_from_truth  # noqa: E402
 
 from nptrack.config import TrackConfig, add_override_argument  # noqa: E402
 from nptrack.evaluate.mot import evaluate  # noqa: E402
+from nptrack.pipeline.tracking import unfrozen  # noqa: E402
 from nptrack.simulate.dynamics import (  # noqa: E402
     DynamicsConfig,
     ground_truth_rows,
@@ -197,8 +198,7 @@ def bench_quality(
                      truth_ev)  # fmt: skip
         # As the product's global pass (`global_track_columns`): a second start from the
         # online solution, the lower-energy result kept. cpu_s / wall_s: the first start only.
-        ot.solution.frozen_until = -1
-        warm = track_detections(dets, config=cfg, params=p, init=ot.solution)
+        warm = track_detections(dets, config=cfg, params=p, init=unfrozen(ot.solution))
         if energy(warm.solution, dets, p) < energy(res.solution, dets, p):
             res = warm
         glob = _score("np-tracker global", table, res.tracks, res.events, truth_ev)
@@ -379,6 +379,9 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="global time vs particles, frames")
     ap.add_argument("--quality", action="store_true", help="table1 scores vs baselines")
     ap.add_argument("--dense", action="store_true", help="also the dense preset (slow)")
+    ap.add_argument(
+        "--preset", default="table1", help="--quality: preset name or TOML path (default table1)"
+    )
     ap.add_argument("--seeds", type=int, default=5, help="simulated series per preset")
     ap.add_argument(
         "--first-seed",
@@ -442,9 +445,9 @@ def main() -> None:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         fields = not args.no_fields
         if args.detector == "unet":
-            out["quality"] = [bench_unet("table1", seeds, overrides=args.overrides)]
+            out["quality"] = [bench_unet(args.preset, seeds, overrides=args.overrides)]
         else:
-            out["quality"] = [bench_quality("table1", seeds, args.merge_factor, fields)]
+            out["quality"] = [bench_quality(args.preset, seeds, args.merge_factor, fields)]
         if args.dense and args.detector == "unet":
             out["quality"].append(bench_unet("dense", seeds[:2], overrides=args.overrides))
         elif args.dense:
